@@ -1,0 +1,53 @@
+# Trade-Matrix: the two commands a fresh machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stack-installed
+EDIT   := $(VENV)/.editable-installed
+REQS   := requirements/requirements.txt requirements/constraints-lock.txt requirements/dev.txt
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
+export PYTHONHASHSEED := 0
+
+.PHONY: demo test install services lint export clean-nbs bench
+
+# The main job on the embedded default: no servers, no network.
+demo: install
+	$(BIN)/tm demo
+
+# Everything CI checks, in order.
+test: install services
+	$(BIN)/python tools/unchanged.py nbs research -- $(BIN)/nbdev-clean
+	$(BIN)/python tools/unchanged.py trade_matrix -- $(BIN)/nbdev-export
+	$(BIN)/nbdev-test --flags services --n-workers 2
+	$(BIN)/pytest tests/ -q
+	$(BIN)/ruff check trade_matrix/
+
+install: $(STAMP) $(EDIT)
+
+# Torch first (the CPU wheel on the machine), then the verified stack. Re-runs only when the pins change.
+$(STAMP): $(REQS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements/requirements.txt -r requirements/dev.txt -c requirements/constraints-lock.txt
+	touch $@
+
+$(EDIT): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+services:
+	@tools/services.sh
+
+export: install
+	$(BIN)/nbdev-export
+
+clean-nbs: install
+	$(BIN)/nbdev-clean
+
+lint: install
+	$(BIN)/ruff check trade_matrix/
+
+bench: install
+	$(BIN)/python benchmarks/bench_data.py
