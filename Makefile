@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stack-installed
 EDIT   := $(VENV)/.editable-installed
 REQS   := requirements/requirements.txt requirements/constraints-lock.txt requirements/dev.txt
+# extra pip arguments for torch, e.g. --index-url https://download.pytorch.org/whl/cpu where no local wheel exists
+TORCH_PIP_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
@@ -29,7 +31,7 @@ install: $(STAMP) $(EDIT)
 # Torch first (the CPU wheel on the machine), then the verified stack. Re-runs only when the pins change.
 $(STAMP): $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -r requirements/requirements.txt -r requirements/dev.txt -c requirements/constraints-lock.txt
 	touch $@
 
@@ -51,3 +53,4 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_store.py

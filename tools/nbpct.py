@@ -8,7 +8,7 @@ edit as text: `nbpct.py to-pct nbs/10_data.ipynb > /tmp/10_data.pct.py`, edit, t
 Format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines are
 prefixed with `# `, and `# %% tags=["parameters"]` a code cell with tags.
 """
-import json, re, sys
+import hashlib, json, re, sys
 from pathlib import Path
 
 HEADER = re.compile(r'^# %%(?: \[(?P<kind>markdown)\])?(?: tags=(?P<tags>\[.*\]))?\s*$')
@@ -38,7 +38,9 @@ def to_nb(text: str) -> dict:
         if src:
             src[-1] = src[-1][:-1]
         meta = {"tags": c["tags"]} if c["tags"] else {}
-        cell = {"cell_type": c["kind"], "metadata": meta, "source": src}
+        # a stable id per position and content, so re-converting an unchanged cell keeps its id
+        cid = hashlib.sha1(f"{len(out)}:{''.join(src)}".encode()).hexdigest()[:8]
+        cell = {"cell_type": c["kind"], "id": cid, "metadata": meta, "source": src}
         if c["kind"] == "code":
             cell.update(execution_count=None, outputs=[])
         out.append(cell)
