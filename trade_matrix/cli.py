@@ -23,7 +23,7 @@ from .data import DataCatalog, data_report, find_gaps, load_series, report_table
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', 'Kind', 'EXIT_CODES', 'data_check', 'data_import',
-           'data_export', 'data_fetch', 'data_backfill', 'demo', 'main']
+           'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd', 'demo', 'main']
 
 # %% ../nbs/69_cli.ipynb #f2249a75
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
@@ -192,7 +192,73 @@ def data_backfill(symbol: Annotated[str, typer.Option(help="symbol (BTCUSDT) or,
         out.print(f"{symbol} {interval}: {doc['ranges_requested']} missing ranges requested, {rep.fetched:,} rows fetched, "
                   f"{rep.inserted:,} inserted; {rep.still_missing_bars} bars still missing (not on the exchange)")
 
-# %% ../nbs/69_cli.ipynb #3f8a664e
+# %% ../nbs/69_cli.ipynb #0dd715b2
+@app.command("features")
+def features_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")],
+                 out: Annotated[Path, typer.Option("--out", help="parquet file to write")],
+                 interval: Annotated[str, typer.Option(help="bar interval")] = "4h",
+                 until: Annotated[str | None, typer.Option(help="ISO time: use only what was known by then")] = None,
+                 data_dir: DataDir = None):
+    "Compute the 112 features of a symbol and write them to parquet."
+    from trade_matrix.data import load_market_data
+    from trade_matrix.features import FeatureConfig, compute_features
+    s = _settings(data_dir)
+    cfg = FeatureConfig(bar_interval=interval)
+    t0 = time.perf_counter()
+    with err.status(f"computing features for {symbol}"):
+        refs = [r for r in cfg.reference_symbols if r != symbol]
+        have = DataCatalog(s.data.data_dir).keys()
+        if symbol not in have:
+            raise DataError(f"unknown symbol {symbol}: no bar file in {s.data.data_dir}; have {', '.join(have)}")
+        md = load_market_data(s.data.data_dir, [symbol] + [r for r in refs if r in have], interval)
+        if until:
+            md = md.as_of(until)
+        ff = compute_features(md, symbol, cfg)
+    if len(ff.features) == 0:
+        raise DataError(f"no {interval} bar of {symbol} had closed by {until}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ff.features.to_parquet(out)
+    ff.mask.to_parquet(out.with_suffix(".mask.parquet"))
+    err.print(f"{symbol}: {len(ff.features):,} bars x {ff.features.shape[1]} features, "
+                      f"{iso(ff.features.index[0])} .. {iso(ff.features.index[-1])} -> {out} ({time.perf_counter() - t0:.2f}s)")
+
+# %% ../nbs/69_cli.ipynb #1ddb34ce
+@app.command("select")
+def select_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")],
+               until: Annotated[str | None, typer.Option(help="ISO time: select with what was known by then")] = None,
+               seed: Annotated[int, typer.Option(help="random seed (selection is deterministic under it)")] = 7,
+               lock: Annotated[Path | None, typer.Option("--lock", help="also write locked_features.json here")] = None,
+               data_dir: DataDir = None, json_out: JsonFlag = False):
+    "Select the features of a symbol with Boruta and print them."
+    from trade_matrix.data import load_market_data
+    from trade_matrix.features import FeatureConfig
+    from trade_matrix.selection import LockedFeatures, SelectionConfig, select_features
+    s = _settings(data_dir)
+    have = DataCatalog(s.data.data_dir).keys()
+    if symbol not in have:
+        raise DataError(f"unknown symbol {symbol}: no bar file in {s.data.data_dir}; have {', '.join(have)}")
+    refs = [r for r in FeatureConfig().reference_symbols if r in have and r != symbol]
+    md = load_market_data(s.data.data_dir, [symbol] + refs)
+    with err.status(f"Boruta selection for {symbol}"):
+        r = select_features(md, symbol, until, SelectionConfig(seed=seed))
+    doc = {"symbol": symbol, "known_by": iso(r.known_by), "selected": list(r.selected), "count": len(r.selected),
+           "rule": r.rule, "filled": list(r.filled), "confirmed": len(r.confirmed), "tentative": len(r.tentative),
+           "rows": r.n_rows, "seed": r.seed, "seconds": round(r.elapsed_s + r.features_s, 2)}
+    if lock:
+        locked = LockedFeatures.from_selection(r, model_id=f"{symbol}-selection-{iso(r.known_by)}")
+        locked.write(lock)
+        doc.update(lock=str(lock), sha256=locked.checksum)
+    if json_out:
+        print(json.dumps(doc, indent=1))
+        return
+    out.print(f"{symbol}: {len(r.selected)} features selected from {r.n_rows:,} bars known by {doc['known_by']} "
+              f"({r.rule}; {doc['seconds']}s)")
+    for i, name in enumerate(r.selected, 1):
+        out.print(f"  {i:2d}. {name:26s} {r.decisions[name].value:10s} hits {int(r.hits[name])}/{r.n_iterations}")
+    if lock:
+        out.print(f"locked list written to {lock} (sha256 {doc['sha256'][:16]}...)")
+
+# %% ../nbs/69_cli.ipynb #0373ebce
 @app.command("demo")
 def demo(data_dir: DataDir = None):
     "Run the main job on the embedded default (bundled data, no servers, no network)."
@@ -207,7 +273,7 @@ def demo(data_dir: DataDir = None):
               f"{sum(r.resampled_rows for r in bars):,} {s.data.bar_interval} bars built, "
               f"{sum(len(r.incomplete) for r in bars)} flagged incomplete. ({time.perf_counter() - t0:.2f}s)")
 
-# %% ../nbs/69_cli.ipynb #60326285
+# %% ../nbs/69_cli.ipynb #835d7e8e
 EXIT_CODES = {DataError: 2, ConfigError: 2, ExchangeError: 3, FatalError: 4}
 
 def main(argv: list[str] | None = None):
