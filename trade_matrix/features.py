@@ -590,7 +590,7 @@ class FeatureConfig(_Strict):
     funding_max_age_hours: float = Field(24.0, gt=0)  # older funding -> NaN
     reference_symbols: tuple[str, str] = ("BTCUSDT", "ETHUSDT")  # cross-asset references (BTC, ETH)
 
-# %% ../nbs/20_features.ipynb #7145ad44
+# %% ../nbs/20_features.ipynb #57be534f
 class Warmup(Node):
     "NaN for the first `k` bars, then the input."
     def __init__(self, a: Node, k: int): self.inputs, self.k = (a,), k
@@ -649,14 +649,13 @@ class FeatureGraph:
             if isinstance(node, Input):
                 lines.append(f"    v{i} = in_{node.name}")
             elif isinstance(node, Const):
-                lines.append(f"    v{i} = {node.value!r}")
+                lines.append(f"    v{i} = {'NAN' if math.isnan(node.value) else repr(node.value)}")
             else:
                 env[f"s{i}"] = node.state().step
                 lines.append(f"    v{i} = s{i}({', '.join(f'v{self.pos[id(x)]}' for x in node.inputs)})")
         lines.append(f"    return ({', '.join(f'v{i}' for i in self.output_pos)},)")
-        code = "\n".join(lines).replace("v", "v").replace("nan", "NAN")
         env["NAN"] = NAN
-        exec(compile(code, "<feature-graph>", "exec"), env)
+        exec(compile("\n".join(lines), "<feature-graph>", "exec"), env)
         return env["step"]
 
 # %% ../nbs/20_features.ipynb #be4a876d
