@@ -28,7 +28,7 @@ def test_features_until_writes_112_columns_known_by_then(tmp_path):
 def test_unknown_symbol_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from trade_matrix.cli import main; main()", "features", "--symbol", "XRPUSDT",
                         "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "unknown symbol XRPUSDT" in r.stderr
+    assert r.returncode == 2 and "no bar file for XRPUSDT" in r.stderr and "BTCUSDT" in r.stderr
 
 
 def test_select_prints_9_to_13_features_and_writes_a_verifiable_lock(tmp_path):

@@ -22,10 +22,11 @@ from trade_matrix.core import (
 from .data import DataCatalog, data_report, find_gaps, load_series, report_table, write_data_file
 
 # %% auto #0
-__all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', 'Kind', 'EXIT_CODES', 'data_check', 'data_import',
-           'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd', 'demo', 'main']
+__all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', 'Kind', 'Key', 'From', 'To', 'Category',
+           'Endpoint', 'DeribitUrl', 'EXIT_CODES', 'data_check', 'data_import', 'data_export', 'data_fetch',
+           'data_backfill', 'features_cmd', 'select_cmd', 'demo', 'main']
 
-# %% ../nbs/69_cli.ipynb #f2249a75
+# %% ../nbs/69_cli.ipynb #bb39a79c
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Market data: check, fetch, backfill, import and export.", no_args_is_help=True)
@@ -38,12 +39,16 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="folder of <exchange>_<SYMBOL>_<interval>.csv.gz files (default: bundled data/)")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
-def _settings(data_dir: Path | None = None, **extra):
-    over = {"data": {"data_dir": str(data_dir)}} if data_dir else {}
-    for k, v in extra.items():
-        if v is not None:
-            over.setdefault(k.split("__")[0], {})[k.split("__")[1]] = v
-    return load_settings(overrides=over)
+def _settings(data_dir: Path | None = None):
+    return load_settings(overrides={"data": {"data_dir": str(data_dir)}} if data_dir else None)
+
+def _market_for(s, symbol: str, interval: str = "4h"):
+    "Market data for `symbol` plus whichever cross-asset reference symbols the data folder has."
+    from trade_matrix.data import load_market_data
+    from trade_matrix.features import FeatureConfig
+    have = DataCatalog(s.data.data_dir).keys()
+    refs = [r for r in FeatureConfig().reference_symbols if r in have and r != symbol]
+    return load_market_data(s.data.data_dir, [symbol] + refs, interval)
 
 # %% ../nbs/69_cli.ipynb #a8f9cbd5
 @data_app.command("check")
@@ -70,9 +75,15 @@ def data_check(data_dir: DataDir = None,
         out.print(f"[yellow]skipped files with unrecognised names:[/] {', '.join(rep.skipped)}")
     err.print(f"checked {len(rep.series)} files in {time.perf_counter() - t0:.2f}s")
 
-# %% ../nbs/69_cli.ipynb #2297823a
+# %% ../nbs/69_cli.ipynb #8ad20d10
 StoreUrl = Annotated[str | None, typer.Option("--store", help="store URL: duckdb:///path.duckdb or postgresql://... (default from settings)")]
 Kind = Annotated[SeriesKind, typer.Option("--kind", help="ohlcv, funding or dvol")]
+Key = Annotated[str, typer.Option("--symbol", help="symbol (BTCUSDT) or, for dvol, currency (BTC)")]
+From = Annotated[str, typer.Option("--from", help="ISO time, UTC")]
+To = Annotated[str | None, typer.Option("--to", help="ISO time, UTC (default: now)")]
+Category = Annotated[str | None, typer.Option(help="Bybit category: linear or spot")]
+Endpoint = Annotated[str | None, typer.Option(help="Bybit REST base URL override")]
+DeribitUrl = Annotated[str | None, typer.Option(help="Deribit base URL override")]
 
 def _open_store(s, url: str | None):
     from trade_matrix.store import open_store
@@ -131,14 +142,9 @@ def data_export(out_dir: Annotated[Path, typer.Option("--out-dir", help="folder 
             out.print(f"{path}: {info.rows:,} rows {iso(info.first)} .. {iso(info.last)}")
 
 @data_app.command("fetch")
-def data_fetch(symbol: Annotated[str, typer.Option(help="symbol (BTCUSDT) or, for dvol, currency (BTC)")],
-               start: Annotated[str, typer.Option("--from", help="ISO time, UTC")],
-               end: Annotated[str | None, typer.Option("--to", help="ISO time, UTC (default: now)")] = None,
-               kind: Kind = SeriesKind.OHLCV,
+def data_fetch(symbol: Key, start: From, end: To = None, kind: Kind = SeriesKind.OHLCV,
                interval: Annotated[str, typer.Option(help="bar interval: 1h, 4h, 1d (funding: 8h)")] = "1h",
-               category: Annotated[str | None, typer.Option(help="Bybit category: linear or spot")] = None,
-               endpoint: Annotated[str | None, typer.Option(help="Bybit REST base URL override")] = None,
-               deribit_url: Annotated[str | None, typer.Option(help="Deribit base URL override")] = None,
+               category: Category = None, endpoint: Endpoint = None, deribit_url: DeribitUrl = None,
                store: StoreUrl = None,
                out_dir: Annotated[Path | None, typer.Option("--out-dir", help="also write a file here")] = None,
                no_store: Annotated[bool, typer.Option("--no-store", help="do not write to the store")] = False,
@@ -166,14 +172,9 @@ def data_fetch(symbol: Annotated[str, typer.Option(help="symbol (BTCUSDT) or, fo
                   + (f"; file {doc['file']}" if "file" in doc else ""))
 
 @data_app.command("backfill")
-def data_backfill(symbol: Annotated[str, typer.Option(help="symbol (BTCUSDT) or, for dvol, currency (BTC)")],
-                  start: Annotated[str, typer.Option("--from", help="ISO time, UTC")],
-                  end: Annotated[str | None, typer.Option("--to", help="ISO time, UTC (default: now)")] = None,
-                  kind: Kind = SeriesKind.OHLCV,
+def data_backfill(symbol: Key, start: From, end: To = None, kind: Kind = SeriesKind.OHLCV,
                   interval: Annotated[str, typer.Option(help="bar interval")] = "1h",
-                  category: Annotated[str | None, typer.Option(help="Bybit category: linear or spot")] = None,
-                  endpoint: Annotated[str | None, typer.Option(help="Bybit REST base URL override")] = None,
-                  deribit_url: Annotated[str | None, typer.Option(help="Deribit base URL override")] = None,
+                  category: Category = None, endpoint: Endpoint = None, deribit_url: DeribitUrl = None,
                   store: StoreUrl = None, json_out: JsonFlag = False):
     "Fetch exactly the bars missing from the store in a window; real exchange gaps stay missing."
     from trade_matrix.store import backfill
@@ -192,7 +193,7 @@ def data_backfill(symbol: Annotated[str, typer.Option(help="symbol (BTCUSDT) or,
         out.print(f"{symbol} {interval}: {doc['ranges_requested']} missing ranges requested, {rep.fetched:,} rows fetched, "
                   f"{rep.inserted:,} inserted; {rep.still_missing_bars} bars still missing (not on the exchange)")
 
-# %% ../nbs/69_cli.ipynb #0dd715b2
+# %% ../nbs/69_cli.ipynb #27c7abef
 @app.command("features")
 def features_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")],
                  out: Annotated[Path, typer.Option("--out", help="parquet file to write")],
@@ -200,17 +201,12 @@ def features_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT"
                  until: Annotated[str | None, typer.Option(help="ISO time: use only what was known by then")] = None,
                  data_dir: DataDir = None):
     "Compute the 112 features of a symbol and write them to parquet."
-    from trade_matrix.data import load_market_data
     from trade_matrix.features import FeatureConfig, compute_features
     s = _settings(data_dir)
     cfg = FeatureConfig(bar_interval=interval)
     t0 = time.perf_counter()
     with err.status(f"computing features for {symbol}"):
-        refs = [r for r in cfg.reference_symbols if r != symbol]
-        have = DataCatalog(s.data.data_dir).keys()
-        if symbol not in have:
-            raise DataError(f"unknown symbol {symbol}: no bar file in {s.data.data_dir}; have {', '.join(have)}")
-        md = load_market_data(s.data.data_dir, [symbol] + [r for r in refs if r in have], interval)
+        md = _market_for(s, symbol, interval)
         if until:
             md = md.as_of(until)
         ff = compute_features(md, symbol, cfg)
@@ -222,7 +218,7 @@ def features_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT"
     err.print(f"{symbol}: {len(ff.features):,} bars x {ff.features.shape[1]} features, "
                       f"{iso(ff.features.index[0])} .. {iso(ff.features.index[-1])} -> {out} ({time.perf_counter() - t0:.2f}s)")
 
-# %% ../nbs/69_cli.ipynb #1ddb34ce
+# %% ../nbs/69_cli.ipynb #aebe1cad
 @app.command("select")
 def select_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")],
                until: Annotated[str | None, typer.Option(help="ISO time: select with what was known by then")] = None,
@@ -230,15 +226,9 @@ def select_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")]
                lock: Annotated[Path | None, typer.Option("--lock", help="also write locked_features.json here")] = None,
                data_dir: DataDir = None, json_out: JsonFlag = False):
     "Select the features of a symbol with Boruta and print them."
-    from trade_matrix.data import load_market_data
-    from trade_matrix.features import FeatureConfig
     from trade_matrix.selection import LockedFeatures, SelectionConfig, select_features
     s = _settings(data_dir)
-    have = DataCatalog(s.data.data_dir).keys()
-    if symbol not in have:
-        raise DataError(f"unknown symbol {symbol}: no bar file in {s.data.data_dir}; have {', '.join(have)}")
-    refs = [r for r in FeatureConfig().reference_symbols if r in have and r != symbol]
-    md = load_market_data(s.data.data_dir, [symbol] + refs)
+    md = _market_for(s, symbol)
     with err.status(f"Boruta selection for {symbol}"):
         r = select_features(md, symbol, until, SelectionConfig(seed=seed))
     doc = {"symbol": symbol, "known_by": iso(r.known_by), "selected": list(r.selected), "count": len(r.selected),

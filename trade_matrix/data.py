@@ -38,7 +38,7 @@ def empty_frame(kind: SeriesKind) -> pd.DataFrame:
     idx = pd.DatetimeIndex([], dtype="datetime64[ns, UTC]", name="ts")
     return pd.DataFrame({c: pd.Series([], dtype="float64") for c in COLUMNS[SeriesKind(kind)]}, index=idx)
 
-# %% ../nbs/10_data.ipynb #9907dffd
+# %% ../nbs/10_data.ipynb #2dc7e01f
 @dataclass(frozen=True)
 class Validated:
     "A frame that passed validation, and what validation changed."
@@ -117,7 +117,7 @@ def validate_frame(df: pd.DataFrame,          # `ts` as index or column (or a `t
     elif "ts" in df.columns:
         raw_ts = df["ts"]
     elif isinstance(df.index, pd.DatetimeIndex):
-        raw_ts = df.index.to_series(index=pd.RangeIndex(len(df)))
+        raw_ts = df.index.to_series()
     else:
         raise DataError(f"{where}: no timestamp; expected a `timestamp` or `ts` column, or a DatetimeIndex")
     missing = [c for c in cols if c not in df.columns]
@@ -125,8 +125,8 @@ def validate_frame(df: pd.DataFrame,          # `ts` as index or column (or a `t
         raise DataError(f"{where}: missing columns {missing}; expected {['timestamp'] + cols}, found {list(df.columns)}")
     if len(df) == 0:
         return Validated(empty_frame(kind))
-    times = _parse_times(pd.Series(np.asarray(raw_ts) if not isinstance(raw_ts.dtype, pd.DatetimeTZDtype) else raw_ts.to_numpy(), dtype=raw_ts.dtype), where, first_line)
-    values = _parse_numbers(df.reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) else df, cols, times, where, first_line)
+    times = _parse_times(raw_ts.reset_index(drop=True), where, first_line)
+    values = _parse_numbers(df.reset_index(drop=True), cols, times, where, first_line)
     _check_values(kind, values, times, where, first_line)
     frame = pd.DataFrame(values, index=pd.DatetimeIndex(times, name="ts"))
     dropped = 0

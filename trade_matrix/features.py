@@ -737,7 +737,7 @@ def forward_return(bars: pd.DataFrame, horizon: int = 1, interval: str = "4h") -
         y = np.log(future / bars["close"].to_numpy())
     return pd.Series(y, index=bars.index, name=f"fwd_ret_{horizon}")
 
-# %% ../nbs/20_features.ipynb #ad0d27d0
+# %% ../nbs/20_features.ipynb #1fee453a
 class IncrementalFeatures:
     "Per-bar feature computation for one symbol, identical to `compute_features`."
     def __init__(self, symbol: str, config: FeatureConfig | None = None, graph: FeatureGraph | None = None):
@@ -793,8 +793,7 @@ def replay(md: MarketData, symbol: str, config: FeatureConfig | None = None,
     engine = engine or IncrementalFeatures(symbol, config)
     bars = md.bars(symbol, config.bar_interval)
     btc_ref, eth_ref = config.reference_symbols
-    refs = {r: md.bars(r, config.bar_interval)["close"].reindex(bars.index).to_numpy() if r in md.symbols and r != symbol
-            else np.full(len(bars), np.nan) for r in (btc_ref, eth_ref)}
+    refs = {r: _reference_close(md, r, symbol, bars, config.bar_interval) for r in (btc_ref, eth_ref)}
     events = []  # (known_at ns, order, kind, payload): outside inputs become known before the bars that close after them
     dv = md.series.get((SeriesKind.DVOL, config.dvol_currency))
     if dv is not None:
