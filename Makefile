@@ -11,6 +11,8 @@ TORCH_PIP_ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY := true
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 export PYTHONHASHSEED := 0
+# OpenMP workers (xgboost, lightgbm) sleep instead of spinning while idle: spinning on 2 busy cores slowed training 30x
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: demo test install services lint export clean-nbs bench
 
@@ -56,3 +58,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_store.py
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_selection.py
+	$(BIN)/python benchmarks/bench_models.py

@@ -23,8 +23,9 @@ from .data import DataCatalog, data_report, find_gaps, load_series, report_table
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', 'Kind', 'Key', 'From', 'To', 'Category',
-           'Endpoint', 'DeribitUrl', 'EXIT_CODES', 'data_check', 'data_import', 'data_export', 'data_fetch',
-           'data_backfill', 'features_cmd', 'select_cmd', 'demo', 'main']
+           'Endpoint', 'DeribitUrl', 'models_app', 'TrackingUri', 'Symbol', 'EXIT_CODES', 'data_check', 'data_import',
+           'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd', 'train_cmd', 'models_list',
+           'models_show', 'models_promote', 'models_rollback', 'models_load', 'demo', 'main']
 
 # %% ../nbs/69_cli.ipynb #bb39a79c
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
@@ -248,7 +249,127 @@ def select_cmd(symbol: Annotated[str, typer.Option(help="symbol, e.g. BTCUSDT")]
     if lock:
         out.print(f"locked list written to {lock} (sha256 {doc['sha256'][:16]}...)")
 
-# %% ../nbs/69_cli.ipynb #0373ebce
+# %% ../nbs/69_cli.ipynb #759c1d1a
+models_app = typer.Typer(help="The model registry: list, show, promote, rollback, load.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite under .tm/)")]
+Symbol = Annotated[str, typer.Option("--symbol", help="symbol, e.g. BTCUSDT")]
+
+def _registry(s, tracking_uri: str | None = None):
+    from trade_matrix.registry import ModelRegistry
+    if tracking_uri:
+        s = s.model_copy(update={"registry": s.registry.model_copy(update={"tracking_uri": tracking_uri})})
+    return ModelRegistry.from_settings(s)
+
+def _current_production(reg, symbol: str):
+    "The model being served now (and how), or None with the reason when there is none."
+    import logging
+    from trade_matrix.core import ModelError
+    log = logging.getLogger("trade_matrix.registry")
+    level = log.level
+    log.setLevel(logging.ERROR)  # a first training has no production model: not worth four warnings
+    try:
+        loaded = reg.load(symbol)
+    except ModelError as e:
+        return None, {"loaded": False, "reason": str(e)[:300]}
+    finally:
+        log.setLevel(level)
+    return loaded.model, {"loaded": True, "version": loaded.version, "tier": loaded.tier, "tier_name": loaded.tier_name,
+                          "model_id": loaded.model.model_id}
+
+@app.command("train")
+def train_cmd(symbol: Symbol,
+              until: Annotated[str | None, typer.Option(help="ISO time: train on the data known by then (default: all)")] = None,
+              data_dir: DataDir = None, tracking_uri: TrackingUri = None,
+              shuffle_labels: Annotated[bool, typer.Option("--shuffle-labels", help="placebo: permuted labels; never deployed")] = False,
+              seed: Annotated[int, typer.Option(help="seed of selection, trees and the placebo permutation")] = 7,
+              json_out: JsonFlag = False):
+    "Train one instrument: selection, purged walk-forward, gates, registry; deploy when the gates pass."
+    from trade_matrix.models import ModelConfig, TrainConfig, train_instrument
+    s = _settings(data_dir)
+    t0 = time.perf_counter()
+    md = _market_for(s, symbol)
+    reg = _registry(s, tracking_uri)
+    production, before = _current_production(reg, symbol)
+    config = TrainConfig(model=ModelConfig(seed=seed))
+    with err.status(f"training {symbol} ({'transfer + full' if production is not None else 'full fit'}, "
+                    f"{config.walk_forward.n_windows} walk-forward windows)"):
+        result = train_instrument(md, symbol, until, production, config, shuffle_labels=shuffle_labels)
+    with err.status("recording the run in the registry"):
+        rv = reg.log_training(result)
+        promoted = bool(result.passed and not shuffle_labels)
+        if promoted:
+            reg.promote(symbol, rv.version)
+    d = result.decision
+    doc = {"symbol": symbol, "run_id": rv.run_id, "version": rv.version,
+           "gates": {"ic": d.ic, "hit_rate": d.hit_rate, "sharpe": d.sharpe, "p_value": d.p_value_corrected, "passed": d.passed},
+           "promoted": promoted, "variant": result.variant, "model_id": result.model.model_id,
+           "until": iso(result.until), "features": list(result.model.locked.features), "n_tests": result.n_tests,
+           "p_value_raw": d.p_value, "sharpe_gross": d.sharpe_gross, "turnover": d.turnover, "shuffled": shuffle_labels,
+           "reason": result.reason, "production_before": before, "seconds": round(time.perf_counter() - t0, 2)}
+    if json_out:
+        print(json.dumps(doc, indent=1, default=float))
+        return
+    out.print(f"{symbol}: version {rv.version} (run {rv.run_id[:12]}), variant {result.variant}, "
+              f"{len(doc['features'])} features, {doc['seconds']}s")
+    out.print(f"  gates {'PASSED' if d.passed else 'FAILED'}: IC {d.ic:.4f}, hit rate {d.hit_rate:.3f}, "
+              f"Sharpe net {d.sharpe:.2f} (gross {d.sharpe_gross:.2f}, turnover {d.turnover:.3f}/bar), "
+              f"p {d.p_value_corrected:.3g} corrected for {result.n_tests} tests (raw {d.p_value:.3g})")
+    out.print(f"  {result.reason}")
+    out.print(f"  {'deployed: @production -> version ' + str(rv.version) if promoted else 'not deployed: @production unchanged'}")
+
+# %% ../nbs/69_cli.ipynb #1839bb86
+@models_app.command("list")
+def models_list(tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "Registered models with their production and champion versions."
+    table = _registry(_settings(), tracking_uri).list_models()
+    if json_out:
+        print(table.to_json(orient="records", indent=1))
+        return
+    out.print(table.to_string(index=False) if len(table) else "no registered models yet: run `tm train --symbol ...`")
+
+@models_app.command("show")
+def models_show(symbol: Symbol, tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "One instrument's versions, gate figures, aliases and production history."
+    doc = _registry(_settings(), tracking_uri).show(symbol)
+    print(json.dumps(doc, indent=1, default=str)) if json_out else out.print_json(json.dumps(doc, default=str))
+
+@models_app.command("promote")
+def models_promote(symbol: Symbol,
+                   version: Annotated[int | None, typer.Option(help="version to deploy (default: @champion)")] = None,
+                   force: Annotated[bool, typer.Option("--force", help="deploy a version that failed its gates")] = False,
+                   tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "Move @production to a version and export the local copy."
+    rv = _registry(_settings(), tracking_uri).promote(symbol, version, force=force)
+    doc = {"symbol": symbol, "production": rv.version, "run_id": rv.run_id}
+    print(json.dumps(doc)) if json_out else out.print(f"{symbol}: @production -> version {rv.version} (run {rv.run_id[:12]})")
+
+@models_app.command("rollback")
+def models_rollback(symbol: Symbol, tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "Restore the previous production version."
+    rv = _registry(_settings(), tracking_uri).rollback(symbol)
+    doc = {"symbol": symbol, "production": rv.version, "run_id": rv.run_id}
+    print(json.dumps(doc)) if json_out else out.print(f"{symbol}: rolled back, @production -> version {rv.version}")
+
+@models_app.command("load")
+def models_load(symbol: Symbol, tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "Load the production model through the 4 tiers and report which served it."
+    reg = _registry(_settings(), tracking_uri)
+    t0 = time.perf_counter()
+    lm = reg.load(symbol)
+    doc = {"symbol": symbol, "tier": lm.tier, "tier_name": lm.tier_name, "version": lm.version, "run_id": lm.run_id,
+           "model_id": lm.model.model_id, "features_sha256": lm.model.locked.checksum, "n_trees": lm.model.n_trees,
+           "failures": list(lm.failures), "seconds": round(time.perf_counter() - t0, 3)}
+    if json_out:
+        print(json.dumps(doc, indent=1))
+        return
+    out.print(f"{symbol}: served by tier {lm.tier} ({lm.tier_name}), version {lm.version}, model {lm.model.model_id}, "
+              f"{lm.model.n_trees} trees, features sha256 {doc['features_sha256'][:16]}... ({doc['seconds']}s)")
+    for f in lm.failures:
+        out.print(f"  skipped: {f}")
+
+# %% ../nbs/69_cli.ipynb #a015bdaf
 @app.command("demo")
 def demo(data_dir: DataDir = None):
     "Run the main job on the embedded default (bundled data, no servers, no network)."
@@ -263,7 +384,7 @@ def demo(data_dir: DataDir = None):
               f"{sum(r.resampled_rows for r in bars):,} {s.data.bar_interval} bars built, "
               f"{sum(len(r.incomplete) for r in bars)} flagged incomplete. ({time.perf_counter() - t0:.2f}s)")
 
-# %% ../nbs/69_cli.ipynb #835d7e8e
+# %% ../nbs/69_cli.ipynb #cf4daa55
 EXIT_CODES = {DataError: 2, ConfigError: 2, ExchangeError: 3, FatalError: 4}
 
 def main(argv: list[str] | None = None):

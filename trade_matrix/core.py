@@ -21,9 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'TradeMatrixError', 'DataError', 'ConfigError', 'ModelError',
            'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode',
            'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig', 'DataConfig', 'StoreConfig',
-           'RedisConfig', 'BybitConfig', 'Settings', 'load_settings']
+           'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings']
 
-# %% ../nbs/00_core.ipynb #0f20e092
+# %% ../nbs/00_core.ipynb #ac7c152a
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# %% ../nbs/00_core.ipynb #1503d419
 class TradeMatrixError(Exception):
     "Base class of every error Trade-Matrix raises on purpose."
 
@@ -45,7 +48,7 @@ class TemporaryExchangeError(ExchangeError):
 class FatalError(TradeMatrixError):
     "A condition that must stop the trader (for example an invalid API key)."
 
-# %% ../nbs/00_core.ipynb #817404d1
+# %% ../nbs/00_core.ipynb #60b5b9b8
 class SeriesKind(StrEnum):
     "The kinds of market series the data layer knows."
     OHLCV = "ohlcv"      # bars: open, high, low, close, volume
@@ -64,7 +67,7 @@ class RunMode(StrEnum):
     DEMO = "demo"
     LIVE = "live"
 
-# %% ../nbs/00_core.ipynb #1af77212
+# %% ../nbs/00_core.ipynb #2607bdc9
 _UNITS = {"m": "min", "h": "h", "d": "D"}
 DAY = pd.Timedelta(days=1)
 
@@ -85,7 +88,7 @@ def on_grid(ts: pd.DatetimeIndex | pd.Timestamp, interval: str):
         return ts.as_unit("ns").value % step == 0
     return (ts.as_unit("ns").asi8 % step) == 0
 
-# %% ../nbs/00_core.ipynb #c39cbb6b
+# %% ../nbs/00_core.ipynb #369cad4d
 def utc(t: Any) -> pd.Timestamp:
     "`t` (ISO string, datetime, Timestamp, or epoch milliseconds) as a UTC Timestamp; naive times are read as UTC."
     if isinstance(t, (int,)) and not isinstance(t, bool):
@@ -106,7 +109,7 @@ def iso(t: Any) -> str:
     "`t` as ISO-8601 UTC with a Z, the form our files and reports use."
     return utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-# %% ../nbs/00_core.ipynb #1bc5da96
+# %% ../nbs/00_core.ipynb #5b004c67
 def known_lag(kind: SeriesKind, interval: str) -> pd.Timedelta:
     "How long after its stamp a row of `kind` at `interval` becomes known."
     kind = SeriesKind(kind)
@@ -114,11 +117,11 @@ def known_lag(kind: SeriesKind, interval: str) -> pd.Timedelta:
         return pd.Timedelta(0)
     return parse_interval(interval)
 
-# %% ../nbs/00_core.ipynb #38df3489
+# %% ../nbs/00_core.ipynb #626b9824
 PROJECT_ROOT = Path(importlib.util.find_spec("trade_matrix").origin).resolve().parent.parent  # works in notebooks too
 BUNDLED_DATA_DIR = PROJECT_ROOT / "data"
 
-# %% ../nbs/00_core.ipynb #e2e1f9cb
+# %% ../nbs/00_core.ipynb #f067c895
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +161,14 @@ class BybitConfig(_Strict):
     max_retries: int = Field(5, ge=0)
     backoff_s: float = Field(0.5, ge=0)
 
+class RegistryConfig(_Strict):
+    "MLflow tracking and the model registry; embedded SQLite and files by default. `{home}` is filled in."
+    tracking_uri: str = "sqlite:///{home}/mlflow.db"  # or http://mlflow:5000, postgresql://...
+    artifact_root: str = "{home}/mlartifacts"          # a folder, file:// or s3:// (MinIO) URI for new experiments
+    experiment: str = "trade-matrix"                   # the MLflow experiment training runs go to
+    models_dir: Path = Path("{home}/models")           # tier 4: the local copy exported at deploy time
+    model_prefix: str = Field("tm-", pattern=r"^[A-Za-z0-9_.-]*$")  # registered model name = prefix + symbol
+
 class Settings(_Strict):
     "All of Trade-Matrix's configuration."
     home: Path = Path(".tm")
@@ -165,13 +176,32 @@ class Settings(_Strict):
     store: StoreConfig = StoreConfig()
     redis: RedisConfig = RedisConfig()
     bybit: BybitConfig = BybitConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    def _fill(self, value) -> str:
+        return str(value).format(home=self.home.as_posix())
 
     @property
     def store_url(self) -> str:
         "The store URL with `{home}` filled in."
-        return self.store.url.format(home=self.home.as_posix())
+        return self._fill(self.store.url)
 
-# %% ../nbs/00_core.ipynb #918067ae
+    @property
+    def tracking_uri(self) -> str:
+        "The MLflow tracking URI with `{home}` filled in."
+        return self._fill(self.registry.tracking_uri)
+
+    @property
+    def artifact_root(self) -> str:
+        "The artifact root with `{home}` filled in."
+        return self._fill(self.registry.artifact_root)
+
+    @property
+    def models_dir(self) -> Path:
+        "The local model folder (tier 4) with `{home}` filled in."
+        return Path(self._fill(self.registry.models_dir.as_posix()))
+
+# %% ../nbs/00_core.ipynb #cc38a966
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():

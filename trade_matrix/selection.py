@@ -33,7 +33,7 @@ __all__ = ['SelectionConfig', 'Decision', 'fdr_reject', 'boruta_decide', 'make_s
            'apply_size_rule', 'boruta', 'planted_signal_frame', 'plot_selection', 'select_features',
            'features_checksum', 'feature_set_version', 'LockedFeatures']
 
-# %% ../nbs/21_selection.ipynb #b156833a
+# %% ../nbs/21_selection.ipynb #080b8925
 class SelectionConfig(BaseModel):
     "How Boruta selection runs: estimator, iterations, test level, size rule and training window."
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,7 +44,7 @@ class SelectionConfig(BaseModel):
     subsample: float = Field(0.8, gt=0, le=1)     # row fraction per tree
     colsample: float = Field(0.5, gt=0, le=1)     # column fraction per tree
     min_child_samples: int = Field(50, ge=1)      # rows per leaf at least (min_child_weight for xgboost)
-    n_jobs: int = Field(2, ge=1)                  # threads; part of what makes a run repeatable
+    n_jobs: int = Field(1, ge=1)                  # threads per fit (1: parallelise across instruments instead); part of what makes a run repeatable
     max_iter: int = Field(50, ge=2)               # Boruta iterations at most
     alpha: float = Field(0.05, gt=0, le=1)        # test level for confirming and rejecting
     perc: float = Field(100, gt=0, le=100)        # percentile of shadow importances used as the bar (100 = max)
