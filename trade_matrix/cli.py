@@ -23,9 +23,10 @@ from .data import DataCatalog, data_report, find_gaps, load_series, report_table
 
 # %% auto #0
 __all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', 'Kind', 'Key', 'From', 'To', 'Category',
-           'Endpoint', 'DeribitUrl', 'models_app', 'TrackingUri', 'Symbol', 'EXIT_CODES', 'data_check', 'data_import',
-           'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd', 'train_cmd', 'models_list',
-           'models_show', 'models_promote', 'models_rollback', 'models_load', 'demo', 'main']
+           'Endpoint', 'DeribitUrl', 'models_app', 'TrackingUri', 'Symbol', 'rl_app', 'EXIT_CODES', 'data_check',
+           'data_import', 'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd', 'train_cmd',
+           'models_list', 'models_show', 'models_promote', 'models_rollback', 'models_load', 'regime_cmd', 'rl_train',
+           'demo', 'main']
 
 # %% ../nbs/69_cli.ipynb #bb39a79c
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
@@ -369,7 +370,86 @@ def models_load(symbol: Symbol, tracking_uri: TrackingUri = None, json_out: Json
     for f in lm.failures:
         out.print(f"  skipped: {f}")
 
-# %% ../nbs/69_cli.ipynb #a015bdaf
+# %% ../nbs/69_cli.ipynb #3ca945be
+@app.command("regime")
+def regime_cmd(symbol: Symbol,
+               until: Annotated[str | None, typer.Option(help="ISO time: use the data known by then (default: all)")] = None,
+               data_dir: DataDir = None, json_out: JsonFlag = False):
+    "Filtered regime probabilities at the last bar known by --until."
+    from trade_matrix.regime import RegimeConfig, regime_history
+    s = _settings(data_dir)
+    md = _market_for(s, symbol)
+    t0 = time.perf_counter()
+    with err.status(f"fitting the regime model of {symbol}"):
+        model, probs = regime_history(md, symbol, until, RegimeConfig())
+    probs = probs.dropna()
+    if probs.empty:
+        raise DataError(f"{symbol}: no filtered regime probabilities known by {until or 'the end of the data'}")
+    last = probs.iloc[-1]
+    p = {r: float(last[r]) for r in ("Bear", "Neutral", "Bull", "Crisis")}
+    regime = max(p, key=p.get)
+    periods = 365 if model.frequency == "1d" else 6 * 365
+    states = {str(lab): {"annual_mean": float(m) / model.returns_scale * periods,
+                         "annual_volatility": (float(v) * periods) ** 0.5 / model.returns_scale}
+              for lab, m, v in zip(model.labels, model.means, model.variances)}
+    doc = {"symbol": symbol, "time": iso(probs.index[-1]), "regime": regime, "probabilities": p,
+           "fitted_until": iso(model.fitted_until), "converged": bool(model.converged), "states": states,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if json_out:
+        print(json.dumps(doc, indent=1))
+        return
+    out.print(f"{symbol} at {doc['time']} (bar open; known at its close): [bold]{regime}[/]  "
+              + "  ".join(f"{k} {v:.2f}" for k, v in p.items()))
+    out.print(f"  model fitted on data until {doc['fitted_until']}, converged {doc['converged']}, {doc['seconds']}s")
+
+# %% ../nbs/69_cli.ipynb #99592383
+rl_app = typer.Typer(help="The RL position sizer.", no_args_is_help=True)
+app.add_typer(rl_app, name="rl")
+
+@rl_app.command("train")
+def rl_train(symbol: Symbol,
+             timesteps: Annotated[int | None, typer.Option(help="total curriculum timesteps (default: the config's 30k)")] = None,
+             algorithm: Annotated[str, typer.Option(help="SAC or PPO")] = "SAC",
+             until: Annotated[str | None, typer.Option(help="ISO time: use the data known by then")] = None,
+             test_bars: Annotated[int, typer.Option(help="latest bars held out for the comparison")] = 1000,
+             data_dir: DataDir = None, tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
+    "Train the RL sizer with the curriculum and compare it with Kelly out of sample."
+    from trade_matrix.rl import RLConfig, compare_with_kelly, log_policy, train_policy
+    from trade_matrix.sizing import kelly_positions, signal_frame
+    if algorithm.upper() not in ("SAC", "PPO"):
+        raise ConfigError(f"--algorithm must be SAC or PPO, got {algorithm!r}")
+    s = _settings(data_dir)
+    md = _market_for(s, symbol)
+    t0 = time.perf_counter()
+    with err.status(f"{symbol}: out-of-sample signal frame (walk-forward predictions, regimes)"):
+        frame = signal_frame(md, symbol, until)
+    if len(frame) <= test_bars + 500:
+        raise DataError(f"{symbol}: {len(frame)} out-of-sample bars; need more than --test-bars {test_bars} + 500 to train")
+    train, test = frame.iloc[:-test_bars], frame.iloc[-test_bars:]
+    config = RLConfig(algorithm=algorithm.upper())
+    config = config.scaled(timesteps) if timesteps else config
+    t1 = time.perf_counter()
+    with err.status(f"{symbol}: {config.algorithm} curriculum, {config.total_timesteps:,} timesteps"):
+        policy = train_policy(train, symbol, config, until=test.index[0])
+    train_s = time.perf_counter() - t1
+    table = compare_with_kelly(policy, test, kelly_positions(test))
+    folder = policy.save(Path(s.home) / "policies" / symbol)
+    run_id = log_policy(policy, tracking_uri or s.tracking_uri, s.artifact_root,
+                        metrics={f"oos_{k.replace(' ', '_')}_{c}": float(v) for k, row in table.iterrows() for c, v in row.items()
+                                 if c in ("sharpe_net", "sharpe_gross", "annual_turnover", "max_drawdown")})
+    doc = {"symbol": symbol, "algorithm": config.algorithm, "timesteps": config.total_timesteps, "run_id": run_id,
+           "train_bars": len(train), "test_bars": len(test), "test_from": iso(test.index[0]), "test_to": iso(test.index[-1]),
+           "train_seconds": round(train_s, 1), "seconds": round(time.perf_counter() - t0, 1), "policy_dir": str(folder),
+           "out_of_sample": json.loads(table.to_json(orient="index"))}
+    if json_out:
+        print(json.dumps(doc, indent=1))
+        return
+    out.print(f"{symbol}: {config.algorithm} trained on {len(train):,} bars in {doc['train_seconds']}s "
+              f"({config.total_timesteps:,} steps); run {run_id[:12]}; policy in {folder}")
+    out.print(f"out of sample {doc['test_from']} .. {doc['test_to']} (net of costs):")
+    out.print(table.round(3).to_string())
+
+# %% ../nbs/69_cli.ipynb #a69d5b6e
 @app.command("demo")
 def demo(data_dir: DataDir = None):
     "Run the main job on the embedded default (bundled data, no servers, no network)."
@@ -384,7 +464,7 @@ def demo(data_dir: DataDir = None):
               f"{sum(r.resampled_rows for r in bars):,} {s.data.bar_interval} bars built, "
               f"{sum(len(r.incomplete) for r in bars)} flagged incomplete. ({time.perf_counter() - t0:.2f}s)")
 
-# %% ../nbs/69_cli.ipynb #cf4daa55
+# %% ../nbs/69_cli.ipynb #2ad81f9c
 EXIT_CODES = {DataError: 2, ConfigError: 2, ExchangeError: 3, FatalError: 4}
 
 def main(argv: list[str] | None = None):

@@ -18,10 +18,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # %% auto #0
-__all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'TradeMatrixError', 'DataError', 'ConfigError', 'ModelError',
-           'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode',
-           'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig', 'DataConfig', 'StoreConfig',
-           'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings']
+__all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatrixError', 'DataError', 'ConfigError', 'ModelError',
+           'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode', 'Regime',
+           'SizingTier', 'BreakerState', 'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig',
+           'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings',
+           'to_decimal', 'InstrumentSpec', 'instrument']
 
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -48,7 +49,7 @@ class TemporaryExchangeError(ExchangeError):
 class FatalError(TradeMatrixError):
     "A condition that must stop the trader (for example an invalid API key)."
 
-# %% ../nbs/00_core.ipynb #60b5b9b8
+# %% ../nbs/00_core.ipynb #b441ffb2
 class SeriesKind(StrEnum):
     "The kinds of market series the data layer knows."
     OHLCV = "ohlcv"      # bars: open, high, low, close, volume
@@ -66,6 +67,26 @@ class RunMode(StrEnum):
     TESTNET = "testnet"
     DEMO = "demo"
     LIVE = "live"
+
+class Regime(StrEnum):
+    "Market regimes of the Markov-switching model, labelled from each state's fitted mean and variance."
+    BEAR = "Bear"         # negative mean, ordinary variance
+    NEUTRAL = "Neutral"   # mean near zero
+    BULL = "Bull"         # positive mean
+    CRISIS = "Crisis"     # the highest variance, whatever its mean
+
+class SizingTier(StrEnum):
+    "Which rule sized a position, from most to least trusting of the RL policy."
+    FULL_RL = "FULL_RL"                # the RL policy alone
+    BLENDED = "BLENDED"                # 50% RL + 50% Kelly
+    PURE_KELLY = "PURE_KELLY"          # fractional Kelly alone
+    EMERGENCY_FLAT = "EMERGENCY_FLAT"  # the circuit breaker is open: flatten
+
+class BreakerState(StrEnum):
+    "The circuit breaker's three states."
+    CLOSED = "CLOSED"        # trading normally
+    OPEN = "OPEN"            # tripped: no new risk until the cooldown has passed
+    HALF_OPEN = "HALF_OPEN"  # probing: back to CLOSED after a clean probe period, else OPEN
 
 # %% ../nbs/00_core.ipynb #2607bdc9
 _UNITS = {"m": "min", "h": "h", "d": "D"}
@@ -244,3 +265,54 @@ def load_settings(path: str | Path | None = None,  # a TOML file; default `TM_CO
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid configuration in {where}: {problems}") from None
+
+# %% ../nbs/00_core.ipynb #4130ab3a
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+
+def to_decimal(x) -> Decimal:
+    "An exact Decimal from an int, str or Decimal, or from a float by its shortest repr (never its binary expansion)."
+    if isinstance(x, Decimal):
+        return x
+    if isinstance(x, float):
+        if x != x or x in (float("inf"), float("-inf")):
+            raise DataError(f"cannot turn {x!r} into money")
+        return Decimal(repr(x))
+    return Decimal(x)
+
+class InstrumentSpec(_Strict):
+    "Trading rules of one instrument at the exchange boundary."
+    symbol: str
+    tick_size: Decimal = Field(gt=0)       # price increment
+    lot_size: Decimal = Field(gt=0)        # quantity increment
+    min_qty: Decimal = Field(gt=0)         # smallest order quantity
+    min_notional: Decimal = Field(ge=0)    # smallest order value in quote currency
+
+    def round_price(self, price) -> Decimal:
+        "The price on the tick grid (half-even)."
+        p = to_decimal(price)
+        return (p / self.tick_size).quantize(Decimal(1), rounding=ROUND_HALF_EVEN) * self.tick_size
+
+    def round_quantity(self, quantity) -> Decimal:
+        "The quantity rounded toward zero to the lot size (never more than asked)."
+        q = to_decimal(quantity)
+        return (q / self.lot_size).quantize(Decimal(1), rounding=ROUND_DOWN) * self.lot_size
+
+    def tradeable(self, quantity, price) -> bool:
+        "Whether |quantity| (already rounded) at `price` meets the minimum quantity and notional."
+        q, p = abs(to_decimal(quantity)), to_decimal(price)
+        return q >= self.min_qty and q * p >= self.min_notional
+
+INSTRUMENTS = {s.symbol: s for s in (
+    InstrumentSpec(symbol="BTCUSDT", tick_size=Decimal("0.10"), lot_size=Decimal("0.001"), min_qty=Decimal("0.001"), min_notional=Decimal("5")),
+    InstrumentSpec(symbol="ETHUSDT", tick_size=Decimal("0.01"), lot_size=Decimal("0.01"), min_qty=Decimal("0.01"), min_notional=Decimal("5")),
+    InstrumentSpec(symbol="SOLUSDT", tick_size=Decimal("0.010"), lot_size=Decimal("0.1"), min_qty=Decimal("0.1"), min_notional=Decimal("5")),
+    InstrumentSpec(symbol="DOGEUSDT", tick_size=Decimal("0.00001"), lot_size=Decimal("1"), min_qty=Decimal("1"), min_notional=Decimal("5")),
+    InstrumentSpec(symbol="AVAXUSDT", tick_size=Decimal("0.001"), lot_size=Decimal("0.1"), min_qty=Decimal("0.1"), min_notional=Decimal("5")),
+)}
+
+def instrument(symbol: str) -> InstrumentSpec:
+    "The trading rules of `symbol`, or a ConfigError naming the known symbols."
+    try:
+        return INSTRUMENTS[symbol]
+    except KeyError:
+        raise ConfigError(f"no instrument rules for {symbol!r}; known: {sorted(INSTRUMENTS)}") from None

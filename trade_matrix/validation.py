@@ -170,7 +170,7 @@ def walk_forward_predict(features: pd.DataFrame,   # one row per labelled bar, i
                              "label": pd.Series(dtype="float64")}, index=features.index[:0])
     return pd.concat(parts)
 
-# %% ../nbs/22_validation.ipynb #c111c2a8
+# %% ../nbs/22_validation.ipynb #bb5e101e
 class CostConfig(_Strict):
     "Trading costs and the position rule used to turn predictions into PnL."
     taker_fee: float = Field(0.00055, ge=0)      # Bybit taker, per side, fraction of notional
@@ -180,9 +180,14 @@ class CostConfig(_Strict):
     bars_per_year: float = Field(2190.0, gt=0)   # 6 bars a day x 365
 
     @property
+    def one_way(self) -> float:
+        "Cost of trading a unit of notional once: fee plus slippage."
+        return self.taker_fee + self.slippage
+
+    @property
     def round_trip(self) -> float:
         "Cost of opening and closing (or reversing) a unit position: two sides of fee and slippage."
-        return 2 * (self.taker_fee + self.slippage)
+        return 2 * self.one_way
 
     @property
     def no_trade_band(self) -> float:
