@@ -62,3 +62,5 @@ bench: install
 	$(BIN)/python benchmarks/bench_regime.py
 	$(BIN)/python benchmarks/bench_risk.py
 	$(BIN)/python benchmarks/bench_rl.py
+	$(BIN)/python benchmarks/bench_backtest.py
+	$(BIN)/python benchmarks/bench_replay.py
