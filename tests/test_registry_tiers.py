@@ -23,7 +23,8 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from trade_matrix.core import ModelError
-from trade_matrix.models import (ModelConfig, TrainConfig, TrainingResult, _sha256_file, decide, fit_model, load_model,
+from trade_matrix.core import sha256_file
+from trade_matrix.models import (ModelConfig, TrainConfig, TrainingResult, decide, fit_model, load_model,
                                  walk_forward_variants)
 from trade_matrix.registry import TIER_NAMES, LoadedModel, ModelRegistry, RegisteredVersion
 from trade_matrix.selection import features_checksum
@@ -226,7 +227,7 @@ def test_tampered_locked_features_in_artifact_store_refused_and_next_tier_serves
     (files / "locked_features.json").write_text(json.dumps(locked))
     meta = json.loads((files / "meta.json").read_text())
     meta["features_sha256"] = locked["sha256"]
-    meta["files"]["locked_features.json"] = _sha256_file(files / "locked_features.json")
+    meta["files"]["locked_features.json"] = sha256_file(files / "locked_features.json")
     (files / "meta.json").write_text(json.dumps(meta))
     load_model(files)  # internally consistent: only the expected checksum can catch it
 

@@ -22,7 +22,8 @@ __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatri
            'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode', 'Regime',
            'SizingTier', 'BreakerState', 'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig',
            'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings',
-           'to_decimal', 'InstrumentSpec', 'instrument']
+           'to_decimal', 'InstrumentSpec', 'instrument', 'sha256_file', 'replace_folder', 'write_artifact_folder',
+           'read_folder_meta', 'verify_folder_files']
 
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -316,3 +317,77 @@ def instrument(symbol: str) -> InstrumentSpec:
         return INSTRUMENTS[symbol]
     except KeyError:
         raise ConfigError(f"no instrument rules for {symbol!r}; known: {sorted(INSTRUMENTS)}") from None
+
+# %% ../nbs/00_core.ipynb #802fb7ef
+import hashlib
+import json
+import shutil
+import tempfile
+import uuid
+
+def sha256_file(path) -> str:
+    "Hex SHA-256 of a file's bytes, read in 1 MiB chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+def replace_folder(staged: Path,  # a complete folder, on the same file system as `target`
+                   target: Path,  # where it belongs; an existing folder there is swapped out and removed
+                   ) -> Path:
+    "Put `staged` at `target` by renames only."
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:6]}")
+        os.replace(target, old)
+        os.replace(staged, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    return target
+
+def write_artifact_folder(path,        # the folder to create (replaced if it exists)
+                          write,       # callable(tmp_folder) that writes `files` into it
+                          meta: dict,  # metadata for meta.json (include a "format" key)
+                          files,       # names of the files `write` creates, hashed into meta.json
+                          ) -> Path:
+    "Write a folder atomically with a meta.json holding `meta` and the sha256 of every file."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        doc = dict(meta, files={f: sha256_file(tmp / f) for f in files})
+        (tmp / "meta.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        replace_folder(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+def read_folder_meta(path, format: str, what: str) -> dict:
+    "The `meta.json` of an artifact folder, checked to be JSON of the expected format (no hash checks)."
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{what} {path}: meta.json is missing (not a {what}, or incomplete)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{what} {path}: meta.json is not valid JSON ({e}); it is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != format:
+        raise ModelError(f"{what} {path}: meta.json format is {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                         f"expected {format!r}")
+    return meta
+
+def verify_folder_files(path, meta: dict, required, what: str) -> None:
+    "Every `required` file is recorded in meta.json, present, and has the recorded sha256."
+    path, recorded = Path(path), meta.get("files") or {}
+    for f in required:
+        if f not in recorded:
+            raise ModelError(f"{what} {path}: meta.json records no hash for {f}")
+        if not (path / f).is_file():
+            raise ModelError(f"{what} {path}: {f} is missing")
+        found = sha256_file(path / f)
+        if found != recorded[f]:
+            raise ModelError(f"{what} {path}: {f} has sha256 {found[:16]}..., meta.json recorded "
+                             f"{str(recorded[f])[:16]}...; the file is corrupt or was altered")
