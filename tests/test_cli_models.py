@@ -64,4 +64,6 @@ def test_weekly_update_tries_transfer_variants_then_rollback_restores_the_previo
     deployed = json.loads((tmp / "home" / "models" / "BTCUSDT" / "deployed.json").read_text())
     assert deployed["version"] == 1 and deployed["model_id"] == first["model_id"]
     shown = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))
-    assert shown["production"] == 1 if "production" in shown else True
+    assert shown["production"] == 1 and shown["champion"] in (1, 2)
+    assert [v["version"] for v in shown["versions"]] == [1, 2]
+    assert "production" in shown["versions"][0]["aliases"] and "production" not in shown["versions"][1]["aliases"]

@@ -289,7 +289,7 @@ def _signature(model: TreeModel):
     return ModelSignature(inputs=Schema([ColSpec("double", name, required=False) for name in model.locked.features]),
                           outputs=Schema([ColSpec("double", "prediction")]))
 
-# %% ../nbs/24_registry.ipynb #2f3b4d11
+# %% ../nbs/24_registry.ipynb #75a299b7
 class ModelRegistry:
     "Per-instrument models in MLflow: training runs, versions, aliases, promotion, and the 4-tier loader."
 
@@ -579,7 +579,8 @@ class ModelRegistry:
                              "passed": mv.tags.get("passed") == "true", "variant": mv.tags.get("variant"),
                              "until": mv.tags.get("until"), "model_id": mv.tags.get("model_id"),
                              "features_sha256": mv.tags.get("features_sha256"), "shuffled": mv.tags.get("shuffled") == "true",
-                             "reason": mv.tags.get("reason"), "aliases": sorted(mv.aliases or []),
+                             "reason": mv.tags.get("reason"),
+                             "aliases": sorted(k for k, v in aliases.items() if v == int(mv.version)),  # search results carry none
                              "promoted_at": mv.tags.get("promoted_at"), "run": run_state, "gates": gates})
         return {"symbol": symbol, "name": name, "production": aliases.get(PRODUCTION_ALIAS),
                 "champion": aliases.get(CHAMPION_ALIAS), "aliases": aliases,
