@@ -64,3 +64,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_rl.py
 	$(BIN)/python benchmarks/bench_backtest.py
 	$(BIN)/python benchmarks/bench_replay.py
+	$(BIN)/python benchmarks/bench_retrain.py

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trade_matrix.backtest import (BacktestConfig, align, buy_and_hold_targets, check_out_of_sample, hold_unchanged,
+from trade_matrix.backtest import (BacktestConfig, ProbeLimits, probe_limits, align, buy_and_hold_targets, check_out_of_sample, hold_unchanged,
                                    momentum_targets, new_run_dir, research_backtest, simulate, vbt_portfolio,
                                    write_report)
 from trade_matrix.core import ConfigError, DataError
@@ -171,3 +171,30 @@ def test_report_files(tmp_path):
     assert doc["metrics"]["tier_share"]["PURE_KELLY"] == 1.0 and doc["metrics"]["regime_share"]["Bull"] == 0.5
     html = path.read_text()
     assert html.count("data:image/png;base64,") == 5 and "buy_and_hold" in html and "momentum" in html
+
+
+def test_probe_cut_is_the_risk_engines_rule():
+    lim = ProbeLimits(np.array([0.25]), [0.5], [float("inf")])
+    # flat, buy 10 at 100 with equity 10,000 while probing: a quarter of the new risk
+    assert lim.cut(0, 10.0, 0.0, 100.0, 10_000.0, 0.25) == pytest.approx(2.5)
+    # long 10, sell 15 (a flip to -5): the 10 that close are free, the 5 of new risk are cut to 1.25
+    assert lim.cut(0, -15.0, 10.0, 100.0, 10_000.0, 0.25) == pytest.approx(-11.25)
+    # the cap: a quarter of the 50% fraction cap = 12.5 units at most on the order's side
+    assert lim.cut(0, 100.0, 10.0, 100.0, 10_000.0, 0.25) == pytest.approx(min(0.25 * 100, 12.5 - 10))
+    # OPEN: reductions only
+    assert lim.cut(0, -15.0, 10.0, 100.0, 10_000.0, 0.0) == pytest.approx(-10.0)
+    assert lim.cut(0, 5.0, 10.0, 100.0, 10_000.0, 0.0) == 0.0
+
+
+def test_breaker_path_cuts_the_research_accounting():
+    bars = {"A": pd.DataFrame({"open": [100.0] * 4, "close": [100.0] * 4}, index=IX[:4])}
+    targets = pd.DataFrame({"A": [0.4, np.nan, 0.4, np.nan]}, index=IX[:4])
+    cfg = BacktestConfig(taker_fee=0.0, slippage=0.0, cross_check=False)
+    plain = research_backtest(bars, targets, cfg)
+    assert plain.positions["A"].iloc[1] == pytest.approx(0.4)
+    states = pd.Series(["HALF_OPEN", "CLOSED", "CLOSED", "CLOSED"], index=IX[:4])
+    cut = research_backtest(bars, targets, cfg, breaker=states)
+    assert cut.positions["A"].iloc[1] == pytest.approx(0.1)          # a quarter while probing
+    assert cut.positions["A"].iloc[3] == pytest.approx(0.4)          # the next order, CLOSED, goes all the way
+    with pytest.raises(DataError, match="unknown breaker states"):
+        probe_limits(IX[:4], ["A"], pd.Series(["SHUT"] * 4, index=IX[:4]))

@@ -22,9 +22,12 @@ def test_backtest_prints_metrics_beside_buy_and_hold_and_writes_the_report(tmp_p
     for key in ("sharpe", "max_drawdown", "total_return"):
         assert isinstance(doc[key], float) and isinstance(doc["benchmark_buy_hold"][key], float)
     assert doc["training"]["BTCUSDT"]["deployed"] and "reason" in doc["training"]["BTCUSDT"]
-    assert set(doc["timings"]) == {"training_s", "replay_s", "research_s"}
-    assert isinstance(doc["parity"]["passed"], bool) and doc["parity"]["bars"] > 100
+    assert set(doc["timings"]) == {"training_s", "weekly_training_s", "replay_s", "research_s"}
+    assert doc["retrain"] == "weekly" and doc["training"]["BTCUSDT"]["weekly_updates"] == 2   # Feb 8 and Feb 15
+    assert doc["parity"]["passed"] and doc["parity"]["bars"] > 100
     run = Path(doc["run_dir"])
+    updates = (run / "model_updates.csv").read_text().splitlines()
+    assert len(updates) == 1 + 3 and updates[0].startswith("time,symbol,until,variant,passed,deployed")
     assert (run / "report.html").is_file() and json.loads((run / "metrics.json").read_text())
     assert {p.name for p in run.glob("*.png")} >= {"equity.png", "drawdown.png"}
 

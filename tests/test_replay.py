@@ -15,8 +15,12 @@ from trade_matrix.data import load_market_data
 from trade_matrix.features import compute_features, forward_return
 from trade_matrix.models import ModelConfig, fit_model
 from trade_matrix.regime import RegimeConfig
-from trade_matrix.replay import (NO_MODEL, CompiledTrees, ReplayConfig, batch_targets, fit_regime_models, parity_check,
-                                 replay, research_parity)
+from trade_matrix.core import ModelError
+from trade_matrix.models import TrainConfig, train_instrument
+from trade_matrix.replay import (NO_MODEL, CompiledTrees, ModelSchedule, ReplayConfig, WeeklyConfig, batch_targets,
+                                 fit_regime_models, parity_check, replay, research_parity, research_run,
+                                 weekly_schedule)
+from trade_matrix.validation import WalkForwardConfig
 from trade_matrix.risk import BreakerConfig
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -127,6 +131,7 @@ def test_batch_targets_match_the_live_path(md, models, result):
     bt = batch_targets(md, SYMBOLS, START, END, models, CFG, result.regime_models, result.weights, result.breaker)
     assert bt.targets.index.equals(result.targets.index)
     assert float((bt.targets - result.targets).abs().max().max()) < 1e-6
+    assert (bt.targets.isna() == result.targets.isna()).all().all()    # the same bars hold
     tiers = result.decisions.pivot(index="time", columns="symbol", values="tier")
     assert (bt.tiers.to_numpy() == tiers[SYMBOLS].to_numpy()).all()
 
@@ -138,9 +143,80 @@ def test_parity_passes_and_fails_on_a_tampered_target(md, models, result):
     assert report.max_position_diff < 5e-3 and report.max_return_diff < 2e-4
     tampered = bt.targets.copy()
     i = 30
-    tampered.iloc[i, 1] = tampered.iloc[i, 1] - 0.25            # ETH, decided at bar i, executed at bar i + 1
+    held = tampered.iloc[:, 1].ffill().fillna(0.0).iloc[i]       # NaN targets hold: tamper with what is held
+    tampered.iloc[i, 1] = held - 0.25                            # ETH, decided at bar i, executed at bar i + 1
     bad = parity_check(result, tampered, md=md)
     assert not bad.passed
     assert bad.first_divergence["time"] == iso(tampered.index[i + 1])
     assert bad.first_divergence["symbol"] == "ETHUSDT"
     assert abs(bad.first_divergence["replay"] - bad.first_divergence["research"]) > 0.2
+
+
+def test_orders_only_when_the_sizing_trades(result):
+    d = result.decisions
+    held = d[~d["traded"]]
+    assert len(held) > 0 and held["order_id"].isna().all() and held["risk_action"].isna().all()
+    assert result.targets.isna().sum().sum() == len(held)           # a held bar orders nothing: NaN target
+    assert len(result.fills) <= int(d["traded"].sum())
+
+
+def test_parity_holds_through_a_breaker_trip(md, models, regimes):
+    cfg = CFG.model_copy(update={"breaker": BreakerConfig(max_drawdown=0.01)})
+    res = replay(md, SYMBOLS, START, END, models, cfg, regime_models=regimes)
+    assert {"OPEN", "HALF_OPEN"} <= set(res.breaker)
+    report, bt = research_parity(md, res, models)
+    assert report.passed, report
+    assert (bt.tiers == SizingTier.EMERGENCY_FLAT.value).any().any()
+    # the probe's cut matters: the same targets accounted without the breaker path part from the replay
+    uncut = parity_check(res, research_run(md, bt.targets, cfg, breaker=None), md=md)
+    assert not uncut.passed
+    assert res.breaker.loc[:uncut.first_divergence["time"]].iloc[:-1].eq("HALF_OPEN").any()
+
+
+def test_model_schedule_rules():
+    t = [START, START + pd.Timedelta("7D")]
+    with pytest.raises(ModelError, match="must increase"):
+        ModelSchedule(t[::-1], [{}, {}])
+    with pytest.raises(ModelError, match="one mapping per start"):
+        ModelSchedule(t, [{}])
+    s = ModelSchedule(t, [{"A": 1}, {"A": 2}])
+    assert s.at(START - pd.Timedelta("4h")) == {"A": 1} and s.at(t[1] - pd.Timedelta("4h")) == {"A": 1}
+    assert s.at(t[1]) == {"A": 2}
+
+
+def test_weekly_retraining_is_out_of_sample_and_keeps_parity(md):
+    tc = TrainConfig(model=ModelConfig(n_estimators=40), walk_forward=WalkForwardConfig(n_windows=3))
+    end = START + pd.Timedelta("15D")
+    feats = tuple(compute_features(md.as_of(START), "BTCUSDT").features.columns[:10])
+    init = {s: train_instrument(md, s, until=START - pd.Timedelta("1D"), config=tc, features=feats) for s in SYMBOLS}
+    sched = weekly_schedule(md, SYMBOLS, START, end, init, tc,
+                            WeeklyConfig(n_windows=3, transfer_trees=(50,), ignore_gates=True))
+    assert sched.starts == [START, START + pd.Timedelta("7D"), START + pd.Timedelta("14D")]
+    log = sched.log
+    assert (log["until"] <= log["time"]).all() and len(log) == 2 * 3
+    ids = {sched.at(t)["BTCUSDT"].model_id for t in sched.starts}
+    assert len(ids) == 3                                             # a new model each week
+    res = replay(md, SYMBOLS, START, end, sched, CFG)
+    served = res.decisions["time"].map(lambda t: sched.at(t)["BTCUSDT"].model_id)
+    assert served.nunique() == 3
+    report, _ = research_parity(md, res)
+    assert report.passed, report
+    with pytest.raises(ModelError, match="after the backtest starts"):
+        late = {"BTCUSDT": train_instrument(md, "BTCUSDT", until=START + pd.Timedelta("1D"), config=tc, features=feats)}
+        weekly_schedule(md, ["BTCUSDT"], START, end, late, tc)
+
+
+class _ToyPolicy:
+    "A deterministic stand-in for an RL policy: leans with the signal, less in drawdown (tests the plumbing only)."
+    def act(self, obs):
+        return float(np.tanh(obs["signal"])) * (1.0 - min(1.0, 10 * obs["drawdown"]))
+
+
+def test_rl_policy_in_the_cascade_keeps_parity(md, models, regimes):
+    pol = {s: _ToyPolicy() for s in SYMBOLS}
+    res = replay(md, SYMBOLS, START, END, models, CFG, regime_models=regimes, policies=pol)
+    tiers = set(res.decisions["tier"])
+    assert tiers & {SizingTier.FULL_RL.value, SizingTier.BLENDED.value}, tiers
+    assert (res.drawdown > 0).any()
+    report, bt = research_parity(md, res, models)
+    assert report.passed, report

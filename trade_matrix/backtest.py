@@ -26,9 +26,9 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['REGIME_COLORS', 'TIER_CODES', 'BacktestConfig', 'align', 'hold_unchanged', 'funding_matrix', 'settlement_bars',
-           'Simulation', 'simulate', 'compute_metrics', 'vbt_portfolio', 'buy_and_hold_targets', 'momentum_targets',
-           'check_out_of_sample', 'BacktestResult', 'research_backtest', 'new_run_dir', 'plot_equity', 'plot_drawdown',
-           'plot_regimes', 'plot_positions_tiers', 'write_report']
+           'ProbeLimits', 'probe_limits', 'Simulation', 'simulate', 'compute_metrics', 'vbt_portfolio',
+           'buy_and_hold_targets', 'momentum_targets', 'check_out_of_sample', 'BacktestResult', 'research_backtest',
+           'new_run_dir', 'plot_equity', 'plot_drawdown', 'plot_regimes', 'plot_positions_tiers', 'write_report']
 
 # %% ../nbs/40_backtest.ipynb #29e401bb
 class BacktestConfig(_Strict):
@@ -125,7 +125,47 @@ def settlement_bars(index: pd.DatetimeIndex, every: str = "8h") -> np.ndarray:
     "Bars whose open is a funding settlement time (00:00, 08:00, 16:00 UTC for 8h funding)."
     return np.asarray(index == index.floor(every), dtype=bool)
 
-# %% ../nbs/40_backtest.ipynb #cef2f11a
+# %% ../nbs/40_backtest.ipynb #8d295341
+@dataclass
+class ProbeLimits:
+    """What the risk engine does to an order while the circuit breaker is not CLOSED, for the research accounting.
+
+    OPEN: only reductions. HALF_OPEN: the new-risk part of an order (beyond closing the current position) is cut
+    to `probe_size_fraction` of the request, and the position to that share of its fraction and notional caps:
+    `RiskEngine.check`'s rule, in floats and without lots."""
+    share: np.ndarray            # per bar, decided at its close: 1 (CLOSED), the probe share (HALF_OPEN), 0 (OPEN)
+    fraction_caps: list[float]   # per symbol, |notional| / equity at most (inf: none)
+    notional_caps: list[float]   # per symbol, |notional| at most (inf: none)
+
+    def cut(self, s: int, dq: float, q: float, price: float, equity: float, share: float) -> float:
+        "The order `dq` (units) on symbol `s` holding `q`, after the cut."
+        sign = 1.0 if dq > 0 else -1.0
+        size, held = abs(dq), q * sign               # held < 0: the order reduces the position
+        flat = -held if held < 0 else 0.0            # the part that only reduces: always allowed
+        room = min(flat + share * (size - flat),
+                   share * self.fraction_caps[s] * equity / price - held,
+                   share * self.notional_caps[s] / price - held)
+        return sign * (min(size, room) if room > flat else min(size, flat))
+
+def probe_limits(index: pd.DatetimeIndex, symbols: list[str],
+                 breaker: pd.Series,                   # breaker state (CLOSED/OPEN/HALF_OPEN) at each bar's close
+                 probe_size_fraction: float = 0.25,
+                 fraction_caps: dict | float | None = None,   # `RiskConfig.max_position_fraction`
+                 notional_caps: dict | float | None = None,   # `RiskConfig.max_notional`
+                 ) -> ProbeLimits:
+    "The breaker path of a replay as `ProbeLimits` on the backtest's bars (a bar without a state: CLOSED)."
+    def per(v, s):
+        if v is None:
+            return math.inf
+        x = v.get(s, v.get("*")) if isinstance(v, dict) else v
+        return math.inf if x is None else float(x)
+    states = pd.Series(breaker).reindex(index).fillna("CLOSED").astype(str)
+    share = states.map({"CLOSED": 1.0, "HALF_OPEN": float(probe_size_fraction), "OPEN": 0.0})
+    if share.isna().any():
+        raise DataError(f"unknown breaker states {sorted(set(states[share.isna()]))}: expected CLOSED, OPEN, HALF_OPEN")
+    return ProbeLimits(share.to_numpy(dtype="float64"), [per(fraction_caps, s) for s in symbols],
+                       [per(notional_caps, s) for s in symbols])
+
 @dataclass
 class Simulation:
     "Output of the plain accounting loop, one row per bar."
@@ -146,6 +186,7 @@ def simulate(open_: pd.DataFrame,            # bar opens (execution prices befor
              targets: pd.DataFrame,          # target fractions decided at each bar's close (NaN = no order)
              config: BacktestConfig = BacktestConfig(),
              rates: np.ndarray | None = None,  # funding rate per (bar, symbol) from `funding_matrix` (None: no funding)
+             limits: ProbeLimits | None = None,  # the breaker's probe cut of new risk (see `probe_limits`)
              ) -> Simulation:
     "The reference accounting: next-open execution with slippage and fees, funding before the trade, equity at the close."
     index, syms = open_.index, list(open_.columns)
@@ -162,6 +203,7 @@ def simulate(open_: pd.DataFrame,            # bar opens (execution prices befor
     held, fund_sym = [0.0] * (n * k), [0.0] * (n * k)
     missing, cols = [0] * k, range(k)
     tj, ts, tt, tdq, tpx = [], [], [], [], []     # fills: bar, symbol, target, units, price
+    PROBE = limits.share.tolist() if limits is not None else None
     for j in range(n):
         b = j * k                                 # offset of bar j in the flat lists
         if j:
@@ -186,6 +228,8 @@ def simulate(open_: pd.DataFrame,            # bar opens (execution prices befor
                         continue
                     o = OPEN[b + s]
                     dq = t * e / o - q[s]
+                    if PROBE is not None and PROBE[j - 1] < 1.0:   # decided while the breaker probed (or was open)
+                        dq = limits.cut(s, dq, q[s], o, e, PROBE[j - 1])
                     size = dq if dq > 0 else -dq
                     if size * o <= 1e-12 * e:
                         continue
@@ -307,7 +351,7 @@ def momentum_targets(close: pd.DataFrame, lookback: int = 42) -> pd.DataFrame:
     t = (mom > 0).astype("float64") / close.shape[1]
     return hold_unchanged(t.where(mom.notna(), 0.0))
 
-# %% ../nbs/40_backtest.ipynb #fd758f77
+# %% ../nbs/40_backtest.ipynb #84da0d79
 def check_out_of_sample(trained_until: dict,   # symbol -> last time in the model's training data
                         start,                 # the backtest's first bar
                         ) -> None:
@@ -366,6 +410,9 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
                       predictions: pd.DataFrame | None = None,  # for the IC
                       labels: pd.DataFrame | None = None,
                       trained_until: dict | None = None,  # symbol -> end of training data: checked out of sample
+                      breaker: pd.Series | None = None,   # breaker state at each close (a replay's): probe cuts applied
+                      risk=None,                          # `RiskConfig` (caps) and `BreakerConfig` (probe share) for `breaker`
+                      breaker_config=None,
                       ) -> BacktestResult:
     "Simulate the targets (plain loop, vectorbt cross-check), the baselines, and all metrics."
     tm, t0 = {}, time.perf_counter()
@@ -375,9 +422,15 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
     tiers, regimes = _side(tiers, t.index, t.columns, "tiers"), _side(regimes, t.index, t.columns, "regimes")
     predictions, labels = _side(predictions, t.index, t.columns, "predictions"), _side(labels, t.index, t.columns, "labels")
     rates = funding_matrix(funding, t.index, list(t.columns)) if config.funding else None
+    limits = None
+    if breaker is not None:
+        probe = breaker_config.probe_size_fraction if breaker_config is not None else 0.25
+        limits = probe_limits(t.index, list(t.columns), breaker, probe,
+                              risk.max_position_fraction if risk is not None else None,
+                              risk.max_notional if risk is not None else None)
     tm["align"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sim = simulate(o, c, t, config, rates)
+    sim = simulate(o, c, t, config, rates, limits)
     tm["simulate"] = time.perf_counter() - t0
     if sim.funding_missing:
         _log.warning("no funding rate at %s settlements with a position held; charged nothing there", sim.funding_missing)
@@ -392,12 +445,13 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
     if config.cross_check:
         t0 = time.perf_counter()
         portfolio = vbt_portfolio(o, c, t, config)
-        ref = simulate(o, c, t, config, None) if (rates is not None and np.isfinite(rates).any()) else sim
+        plain = (rates is None or not np.isfinite(rates).any()) and (limits is None or (limits.share == 1).all())
+        ref = sim if plain else simulate(o, c, t, config, None)    # vectorbt: the targets without funding or cuts
         v = portfolio.value().to_numpy()
         rel = np.abs(v / ref.equity.to_numpy() - 1)
         check = {"max_rel_equity_diff": float(rel.max()), "final_rel_diff": float(rel[-1]),
                  "vbt_orders": int(portfolio.orders.count()), "plain_trades": int(len(ref.trades)),
-                 "funding_excluded": True}
+                 "funding_excluded": True, "breaker_cuts_excluded": limits is not None}
         tm["vectorbt"] = time.perf_counter() - t0
     return BacktestResult(sim.equity, sim.returns, sim.gross_returns, sim.positions, sim.trades,
                           sim.fees + sim.slippage, sim.funding, sim.turnover, metrics, bench, t, tiers, regimes, config,

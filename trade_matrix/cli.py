@@ -27,7 +27,7 @@ __all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', '
            'Endpoint', 'DeribitUrl', 'models_app', 'TrackingUri', 'Symbol', 'rl_app', 'Symbols', 'EXIT_CODES',
            'data_check', 'data_import', 'data_export', 'data_fetch', 'data_backfill', 'features_cmd', 'select_cmd',
            'train_cmd', 'models_list', 'models_show', 'models_promote', 'models_rollback', 'models_load', 'regime_cmd',
-           'rl_train', 'backtest_cmd', 'parity_cmd', 'demo', 'main']
+           'rl_train', 'backtest_cmd', 'parity_cmd', 'retrain_cmd', 'demo', 'main']
 
 # %% ../nbs/69_cli.ipynb #bb39a79c
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
@@ -450,16 +450,19 @@ def rl_train(symbol: Symbol,
     out.print(f"out of sample {doc['test_from']} .. {doc['test_to']} (net of costs):")
     out.print(table.round(3).to_string())
 
-# %% ../nbs/69_cli.ipynb #b32260b5
+# %% ../nbs/69_cli.ipynb #94da3294
 Symbols = Annotated[str, typer.Option("--symbols", help="comma-separated symbols")]
 
-def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_until: str | None, ignore_gates: bool):
-    "Train at `train_until`, replay and research-backtest [start, end); returns everything the commands print."
+def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_until: str | None, ignore_gates: bool,
+                  retrain: str = "weekly"):
+    "Train at `train_until` (then weekly), replay and research-backtest [start, end); returns everything the commands print."
     from trade_matrix.backtest import BacktestConfig, check_out_of_sample, research_backtest
     from trade_matrix.data import load_market_data
     from trade_matrix.features import FeatureConfig
     from trade_matrix.models import train_instrument
-    from trade_matrix.replay import ReplayConfig, replay, research_parity
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay, research_parity, weekly_schedule
+    if retrain not in ("weekly", "none"):
+        raise ConfigError(f"--retrain must be weekly or none, got {retrain!r}")
     s = _settings(data_dir)
     syms = [x.strip() for x in symbols.split(",") if x.strip()]
     t0, t1 = _window(start, end)
@@ -475,28 +478,48 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
     last = max(md.bars(x).index[-1] for x in syms) + interval
     if t1 > last:
         raise DataError(f"--to {iso(t1)} is after the end of the data ({iso(last)})")
-    timings, models, training = {}, {}, {}
+    timings, initial, training = {}, {}, {}
     t = time.perf_counter()
     for sym in syms:
         with err.status(f"training {sym} on data known by {iso(cut)}"):
             r = train_instrument(md, sym, until=cut)
+        initial[sym] = r
         deploy = r.passed or ignore_gates
-        models[sym] = r.model if deploy else None
         training[sym] = {"passed": r.passed, "deployed": deploy, "variant": r.variant, "reason": r.reason,
                          "gates": r.decision.to_dict(), "model_id": r.model.model_id}
         err.print(f"{sym}: gates {'passed' if r.passed else 'failed'}; {'deployed' if deploy else 'stays flat'}")
     timings["training_s"] = time.perf_counter() - t
+    weekly = WeeklyConfig(ignore_gates=ignore_gates, n_jobs=min(2, len(syms)))
+    if retrain == "weekly":
+        t = time.perf_counter()
+        done = []
+        with err.status(f"weekly retraining over {iso(t0)} .. {iso(t1)}") as status:
+            def progress(w, rows):
+                done.append(w)
+                status.update(f"weekly retraining: week of {iso(w)} done ({len(done)}), "
+                              f"{sum(x['deployed'] for x in rows)}/{len(rows)} deployed")
+            schedule = weekly_schedule(md, syms, t0, t1, initial, weekly=weekly, progress=progress)
+        timings["weekly_training_s"] = time.perf_counter() - t
+    else:
+        schedule = weekly_schedule(md, syms, t0, t0 + pd.Timedelta(weekly.every), initial, weekly=weekly)  # no updates
+    log = schedule.log
+    for sym in syms:
+        rows = log[(log["symbol"] == sym) & (log["time"] > t0)]
+        training[sym]["weekly_updates"] = int(len(rows))
+        training[sym]["weekly_deployed"] = int(rows["deployed"].sum()) if len(rows) else 0
     t = time.perf_counter()
     with err.status(f"replaying {iso(t0)} .. {iso(t1)} through the decision path"):
-        result = replay(md, syms, t0, t1, models, ReplayConfig())
+        result = replay(md, syms, t0, t1, schedule, ReplayConfig())
     timings["replay_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with err.status("research backtest and parity"):
-        parity, bt = research_parity(md, result, models)
+        parity, bt = research_parity(md, result)
         view = md.as_of(t1)
+        cfg = result.config
         research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
                                      funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
-                                     trained_until={x: cut - interval for x in syms})
+                                     trained_until={x: cut - interval for x in syms}, breaker=result.breaker,
+                                     risk=cfg.risk, breaker_config=cfg.breaker)
     timings["research_s"] = time.perf_counter() - t
     return md, result, research, parity, training, timings
 
@@ -511,11 +534,13 @@ def backtest_cmd(start: From, end: To = None,
                  symbols: Symbols = "BTCUSDT,ETHUSDT,SOLUSDT",
                  train_until: Annotated[str | None, typer.Option("--train-until", help="ISO time: train on data known by then (default: the day before --from)")] = None,
                  ignore_gates: Annotated[bool, typer.Option("--ignore-gates", help="research only: trade models that failed their gates")] = False,
+                 retrain: Annotated[str, typer.Option("--retrain", help="weekly: update the models week by week as production does; none: train once")] = "weekly",
                  runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where the report folder is created")] = Path("runs"),
                  data_dir: DataDir = None, json_out: JsonFlag = False):
     "Train, replay through the live decision path, research-backtest, check parity, and write the report."
     from trade_matrix.backtest import new_run_dir, write_report
-    md, result, research, parity, training, timings = _backtest_run(symbols, start, end, data_dir, train_until, ignore_gates)
+    md, result, research, parity, training, timings = _backtest_run(symbols, start, end, data_dir, train_until, ignore_gates,
+                                                                    retrain)
     run_dir = new_run_dir(runs_dir, "backtest")
     report = write_report(research, run_dir, title=f"Backtest {symbols} {start} .. {end or 'now'}")
     m = research.metrics
@@ -528,23 +553,30 @@ def backtest_cmd(start: From, end: To = None,
     doc.update(tier_share=m.get("tier_share"), regime_share=m.get("regime_share"),
                replay_total_return=float(result.equity.iloc[-1] / float(result.config.initial_cash) - 1),
                parity=_parity_doc(parity), training=training, timings={k: round(v, 2) for k, v in timings.items()},
-               report=str(report), run_dir=str(run_dir))
+               report=str(report), run_dir=str(run_dir), retrain=retrain,
+               decisions_per_s=result.timings.get("decisions_per_s"))
+    if result.schedule is not None and result.schedule.log is not None:
+        result.schedule.log.to_csv(run_dir / "model_updates.csv", index=False)   # every weekly update and its gates
     (run_dir / "backtest.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     if json_out:
         print(json.dumps(doc, indent=1, default=str))
         return
     out.print(research.table().round(4).to_string())
     out.print(f"parity {'PASSED' if parity.passed else 'FAILED'}: {parity}")
-    out.print(f"training {timings['training_s']:.1f}s, replay {timings['replay_s']:.1f}s, research {timings['research_s']:.1f}s")
+    weekly = f", weekly retraining {timings['weekly_training_s']:.1f}s" if "weekly_training_s" in timings else ""
+    out.print(f"training {timings['training_s']:.1f}s{weekly}, replay {timings['replay_s']:.1f}s "
+              f"({result.timings['decisions_per_s']:,.0f} decisions/s), research {timings['research_s']:.1f}s")
     out.print(f"report: {report}")
 
 @app.command("parity")
 def parity_cmd(start: From, end: To = None, symbols: Symbols = "BTCUSDT,ETHUSDT,SOLUSDT",
                train_until: Annotated[str | None, typer.Option("--train-until", help="ISO time (default: the day before --from)")] = None,
                ignore_gates: Annotated[bool, typer.Option("--ignore-gates", help="compare the ungated models too")] = True,
+               retrain: Annotated[str, typer.Option("--retrain", help="weekly: compare across weekly model updates too; none: train once")] = "none",
                data_dir: DataDir = None, json_out: JsonFlag = False):
     "Replay vs research backtest on the same period: positions bar for bar, returns within fee rounding."
-    md, result, research, parity, training, timings = _backtest_run(symbols, start, end, data_dir, train_until, ignore_gates)
+    md, result, research, parity, training, timings = _backtest_run(symbols, start, end, data_dir, train_until, ignore_gates,
+                                                                    retrain)
     doc = _parity_doc(parity)
     if json_out:
         print(json.dumps(doc, indent=1, default=str))
@@ -553,12 +585,34 @@ def parity_cmd(start: From, end: To = None, symbols: Symbols = "BTCUSDT,ETHUSDT,
     if not parity.passed:
         raise typer.Exit(1)
 
-# %% ../nbs/69_cli.ipynb #389707f3
-@app.command("demo")
-def demo(data_dir: DataDir = None):
-    "Run the main job on the embedded default (bundled data, no servers, no network)."
-    s = _settings(data_dir)
-    out.rule("Trade-Matrix demo: data")
+# %% ../nbs/69_cli.ipynb #364b49e2
+def _param_pairs(args: list[str]) -> list[tuple[str, str]]:
+    "`-p NAME VALUE` pairs from the raw arguments (typer has no repeatable two-value option)."
+    pairs, i = [], 0
+    while i < len(args):
+        if args[i] not in ("-p", "--param"):
+            raise ConfigError(f"unexpected argument {args[i]!r}: parameters are given as -p NAME VALUE")
+        if i + 2 >= len(args):
+            raise ConfigError(f"{args[i]} needs a name and a value, got {args[i + 1:]}")
+        pairs.append((args[i + 1], args[i + 2]))
+        i += 3
+    return pairs
+
+@app.command("retrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def retrain_cmd(ctx: typer.Context,
+                runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where the run folder is created")] = Path("runs"),
+                json_out: JsonFlag = False):
+    """Run the weekly retrain notebook with papermill: -p NAME VALUE sets a parameter (repeatable).
+
+    The run folder holds the executed notebook, report.html and metrics.json; a failure exits 1 and leaves
+    production unchanged."""
+    from trade_matrix.retrain import retrain_command
+    code = retrain_command(_param_pairs(list(ctx.args)), runs_dir=runs_dir, json_out=json_out)
+    if code:
+        raise typer.Exit(code)
+
+# %% ../nbs/69_cli.ipynb #06669687
+def _data_summary(s) -> None:
     t0 = time.perf_counter()
     rep = data_report(s.data.data_dir, s.data.gaps.minor_max_bars, s.data.bar_interval)
     out.print(report_table(rep))
@@ -568,7 +622,106 @@ def demo(data_dir: DataDir = None):
               f"{sum(r.resampled_rows for r in bars):,} {s.data.bar_interval} bars built, "
               f"{sum(len(r.incomplete) for r in bars)} flagged incomplete. ({time.perf_counter() - t0:.2f}s)")
 
-# %% ../nbs/69_cli.ipynb #bb5d1344
+@app.command("demo")
+def demo(data_dir: DataDir = None,
+         symbols: Symbols = "BTCUSDT,ETHUSDT,SOLUSDT",
+         cutoff: Annotated[str, typer.Option("--cutoff", help="ISO time: retrain on the data known by then; replay after it")] = "2025-04-01",
+         months: Annotated[int, typer.Option("--months", help="months replayed after the cut-off", min=1)] = 3,
+         rl: Annotated[bool, typer.Option("--rl/--no-rl", help="train the RL sizer in the retrain (slower)")] = False,
+         runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where the run folder is created")] = Path("runs"),
+         data_only: Annotated[bool, typer.Option("--data-only", help="only the data report")] = False):
+    "The main job on the embedded default: data report, retrain, weekly-retrained out-of-sample replay, report."
+    from trade_matrix.backtest import BacktestConfig, new_run_dir, research_backtest, write_report
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay, research_parity, weekly_schedule
+    from trade_matrix.retrain import RetrainParams, run_steps
+    s = _settings(data_dir)
+    out.rule("1/4 data")
+    _data_summary(s)
+    if data_only:
+        return
+    syms = [x.strip() for x in symbols.split(",") if x.strip()]
+    t0 = utc(cutoff)
+    run = new_run_dir(runs_dir, "demo")
+    params = RetrainParams.parse({"symbols": syms, "as_of": iso(t0), "rl": rl, "home": str(run / "home"),
+                                  "data_dir": str(s.data.data_dir), "backtest_months": 6})
+    out.rule(f"2/4 retrain on the data known by {iso(t0)} (embedded registry in {run / 'home'})")
+    tic = time.perf_counter()
+    with err.status("retrain: data, features and Boruta, training, signals, RL, backtest, gates, registry"):
+        steps = run_steps(params, run / "retrain")
+    for name, st in steps.items():
+        err.print(f"  {name:<9} {st.seconds:6.1f}s")
+    out.print(steps["gates"].table.round(4).to_string() if len(steps["gates"].table) else "(no gates table)")
+    retrain_s = time.perf_counter() - tic
+    from trade_matrix.data import load_market_data
+    from trade_matrix.features import FeatureConfig
+    have = DataCatalog(s.data.data_dir).keys()
+    refs = [r for r in FeatureConfig().reference_symbols if r in have and r not in syms]
+    md = load_market_data(s.data.data_dir, syms + refs, s.data.bar_interval)   # all of it: the replay feeds it in time
+    last = min(md.bars(x).index[-1] for x in syms) + pd.Timedelta(s.data.bar_interval)
+    t1 = min(t0 + pd.DateOffset(months=months), last)
+    if t1 <= t0 + pd.Timedelta("7D"):
+        raise DataError(f"the data ends at {iso(last)}: too little after the cut-off {iso(t0)} to replay")
+    initial = steps["training"].outputs["results"]
+    out.rule(f"3/4 out-of-sample replay {iso(t0)} .. {iso(t1)} with weekly retraining")
+    tic = time.perf_counter()
+    done = []
+    with err.status("weekly retraining") as status:
+        def progress(w, rows):
+            done.append(w)
+            status.update(f"weekly retraining: week of {iso(w)} ({len(done)}), "
+                          f"{sum(x['deployed'] for x in rows)}/{len(rows)} passed and deployed")
+        schedule = weekly_schedule(md, syms, t0, t1, initial, params.train_config(),
+                                   WeeklyConfig(n_jobs=min(2, len(syms))), progress=progress)
+    weekly_s = time.perf_counter() - tic
+    policies = {}
+    if rl:
+        from trade_matrix.rl import RLPolicy
+        for x in syms:
+            folder = run / "home" / "policies" / x
+            if folder.is_dir():
+                policies[x] = RLPolicy.load(folder)
+    tic = time.perf_counter()
+    with err.status("replaying through the live decision path"):
+        result = replay(md, syms, t0, t1, schedule, ReplayConfig(), policies=policies)
+    replay_s = time.perf_counter() - tic
+    out.rule("4/4 research backtest, parity and report")
+    tic = time.perf_counter()
+    parity, bt = research_parity(md, result)
+    view = md.as_of(t1)
+    cfg = result.config
+    research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
+                                 funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
+                                 trained_until={x: r.until - pd.Timedelta(s.data.bar_interval) for x, r in initial.items()},
+                                 breaker=result.breaker, risk=cfg.risk, breaker_config=cfg.breaker)
+    (run / "backtest").mkdir(exist_ok=True)
+    report = write_report(research, run / "backtest", title=f"Demo: {', '.join(syms)} out of sample {iso(t0)} .. {iso(t1)}")
+    schedule.log.to_csv(run / "backtest" / "model_updates.csv", index=False)
+    research_s = time.perf_counter() - tic
+    log = schedule.log
+    upd = log[log["time"] > t0]
+    summary = {"cutoff": iso(t0), "end": iso(t1), "symbols": syms,
+               "deployed_at_cutoff": {x: bool(r.passed) for x, r in initial.items()},
+               "weekly_updates": int(len(upd)), "weekly_deployed": int(upd["deployed"].sum()) if len(upd) else 0,
+               "replay": result.summary(), "parity": _parity_doc(parity),
+               "metrics": {k: research.metrics.get(k) for k in ("total_return", "total_return_gross", "sharpe",
+                                                                 "sharpe_gross", "max_drawdown", "annual_turnover",
+                                                                 "cost_drag", "exposure", "n_trades")},
+               "buy_and_hold": {k: research.benchmarks["buy_and_hold"].get(k) for k in ("total_return", "sharpe", "max_drawdown")},
+               "seconds": {"retrain": round(retrain_s, 1), "weekly_retraining": round(weekly_s, 1),
+                           "replay": round(replay_s, 1), "research_and_report": round(research_s, 1)}}
+    (run / "demo.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    out.print(research.table().loc[["total_return", "total_return_gross", "sharpe", "sharpe_gross", "max_drawdown",
+                                    "annual_turnover", "cost_drag", "exposure"]].round(4).to_string())
+    tiers = result.decisions["tier"].value_counts().to_dict()
+    out.print(f"models deployed at the cut-off: {summary['deployed_at_cutoff']}; weekly updates "
+              f"{summary['weekly_deployed']}/{summary['weekly_updates']} passed their gates and were deployed")
+    out.print(f"decisions by tier: {tiers}; fills {len(result.fills)}; fees {result.fees:.2f} USDT; "
+              f"parity with the research backtest {'PASSED' if parity.passed else 'FAILED: ' + str(parity.first_divergence)}")
+    out.print(f"seconds: {summary['seconds']}")
+    out.print(f"report: {report}")
+    out.print(f"retrain evidence: {run / 'retrain'}; run folder: {run}")
+
+# %% ../nbs/69_cli.ipynb #87c97f36
 EXIT_CODES = {DataError: 2, ConfigError: 2, ExchangeError: 3, FatalError: 4}
 
 def main(argv: list[str] | None = None):

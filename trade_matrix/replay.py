@@ -31,9 +31,9 @@ from .sizing import REGIMES, CascadeConfig, KellyConfig, SignalConfig, SignalTra
 from .validation import CostConfig
 
 # %% auto #0
-__all__ = ['NO_MODEL', 'CompiledTrees', 'FastSignalTracker', 'ReplayConfig', 'fit_regime_models', 'allocation_weights',
-           'DecisionPath', 'ReplayResult', 'replay', 'BatchTargets', 'batch_targets', 'ResearchRun', 'plain_accounting',
-           'ParityReport', 'parity_check', 'research_parity']
+__all__ = ['NO_MODEL', 'CompiledTrees', 'ReplayConfig', 'fit_regime_models', 'allocation_weights', 'ModelSchedule', 'as_schedule',
+           'DecisionPath', 'ReplayResult', 'replay', 'BatchTargets', 'batch_targets', 'ResearchRun', 'research_run',
+           'ParityReport', 'parity_check', 'research_parity', 'WeeklyConfig', 'weekly_schedule']
 
 # %% ../nbs/41_replay.ipynb #3abc0376
 def _xgb_trees(estimator) -> tuple[float, list[dict]]:
@@ -105,104 +105,7 @@ class CompiledTrees:
             node = np.where(np.isnan(v), self._miss[node], nxt)
         return self.base + np.bincount(self._owner, weights=self._leaf[node], minlength=len(self.symbols))
 
-# %% ../nbs/41_replay.ipynb #57647c63
-def _rank(a: np.ndarray) -> np.ndarray:
-    "Average ranks from 1 (pandas' default `rank`)."
-    order = np.argsort(a, kind="mergesort")
-    s = a[order]
-    edges = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1], [True])))
-    avg = (edges[:-1] + edges[1:] - 1) / 2.0 + 1.0
-    out = np.empty(len(a))
-    out[order] = np.repeat(avg, np.diff(edges))
-    return out
-
-def _fast_spearman(pairs: np.ndarray,  # (n, 2): predictions and outcomes
-                   ) -> float:
-    """Spearman correlation with average ranks, bit for bit what `sizing._spearman` returns.
-
-    Both columns are ranked by one sort. Ranks are multiples of 1/2, so every sum below (of ranks, of their
-    deviations from (n+1)/2, of products of deviations) is exact in float64 whatever the order of summation:
-    a dot product gives the same bits as pandas' and numpy's `mean`/`std`, at a fraction of the calls."""
-    n = len(pairs)
-    if n < 3:
-        return float("nan")
-    order = np.argsort(pairs, axis=0, kind="stable")
-    s = np.take_along_axis(pairs, order, axis=0)
-    ranks = np.empty((n, 2))
-    seq = np.arange(1.0, n + 1.0)
-    for k in (0, 1):
-        col = s[:, k]
-        if (col[1:] == col[:-1]).any():
-            ranks[:, k] = _rank(pairs[:, k])
-        else:
-            ranks[order[:, k], k] = seq
-    d = ranks - (n + 1) / 2.0
-    da, db = d[:, 0], d[:, 1]
-    va, vb = float(da @ da) / n, float(db @ db) / n
-    if va == 0 or vb == 0:
-        return 0.0
-    return float((float(da @ db) / n) / (math.sqrt(va) * math.sqrt(vb)))
-
-class _Window:
-    "The last `n` values as a contiguous numpy view (amortised O(1) append)."
-    __slots__ = ("buf", "n", "end")
-    def __init__(self, n: int, width: int = 0):
-        self.n, self.end = n, 0
-        self.buf = np.empty((4 * n,) if not width else (4 * n, width))
-    def append(self, v):
-        if self.end == len(self.buf):
-            keep = self.buf[self.end - self.n + 1:self.end].copy()
-            self.buf[:len(keep)] = keep
-            self.end = len(keep)
-        self.buf[self.end] = v
-        self.end += 1
-    def view(self) -> np.ndarray:
-        return self.buf[max(0, self.end - self.n):self.end]
-
-class FastSignalTracker(SignalTracker):
-    "`SignalTracker` with numpy windows and sort-based ranks: identical outputs, a fraction of the time."
-    def __init__(self, config: SignalConfig = SignalConfig()):
-        super().__init__(config)
-        self._pred = _Window(config.window)
-        self._pairs = _Window(config.long_window, 2)
-
-    def update(self, prediction: float, bar_return: float) -> dict:
-        if math.isfinite(bar_return) and math.isfinite(self.last_prediction):
-            self._pairs.append((self.last_prediction, bar_return))
-        if math.isfinite(prediction):
-            self._pred.append(prediction)
-        return super().update(prediction, bar_return)
-
-    def state(self, prediction: float) -> dict:
-        c = self.config
-        signal = confidence = float("nan")
-        p = self._pred.view()
-        if math.isfinite(prediction) and len(p) >= c.min_periods:
-            mean, std = p.mean(), p.std()
-            if std > 0:
-                z = float((prediction - mean) / std)
-                signal = -c.clip if z < -c.clip else (c.clip if z > c.clip else z)
-                confidence = float((np.abs(p - mean) <= abs(prediction - mean)).mean())
-            else:
-                signal, confidence = 0.0, 0.0
-        ic, skill = float("nan"), 0.0
-        arr = self._pairs.view()
-        if len(arr) >= min(c.ic_window, 10):
-            ic = _fast_spearman(arr[-c.ic_window:])
-            if len(arr) >= c.long_min:
-                long_ic = _fast_spearman(arr)
-                k = min(len(arr), c.ic_window)
-                skill = (k * (ic if math.isfinite(ic) else 0.0) + c.prior_weight * long_ic) / (k + c.prior_weight)
-        horizon = 1.0
-        if len(p) >= c.min_periods:
-            d = p - p.mean()
-            den = float((d * d).sum())
-            rho = float((d[1:] * d[:-1]).sum() / den) if den > 0 else 0.0
-            horizon = 1.0 / (1.0 - min(max(rho, 0.0), 0.95))
-        return {"signal": signal, "confidence": confidence, "ic": ic, "skill": skill,
-                "sigma": math.sqrt(self.variance) if math.isfinite(self.variance) else float("nan"), "horizon": horizon}
-
-# %% ../nbs/41_replay.ipynb #d173b0f8
+# %% ../nbs/41_replay.ipynb #d1dd2b79
 class ReplayConfig(_Strict):
     "What the replayed trader is configured with."
     history_bars: int = Field(1500, ge=200)       # bars before `start` the features are computed from (batch and live alike)
@@ -258,7 +161,48 @@ def _pruned_graph(config: FeatureConfig, needed: set[str]) -> FeatureGraph:
     outputs = {n: full.nodes[full.output_pos[i]] for i, n in enumerate(full.names) if n in needed}
     return FeatureGraph(outputs) if outputs else full
 
-# %% ../nbs/41_replay.ipynb #f286f0d3
+@dataclass
+class ModelSchedule:
+    "Which model each symbol trades with over time: `models[k]` serves the bars opening from `starts[k]` on."
+    starts: list[pd.Timestamp]                  # increasing; the first serves everything before it too (warm-up)
+    models: list[dict]                          # symbol -> TreeModel or None, one mapping per start
+    log: pd.DataFrame | None = None             # how each entry came about (the weekly retraining record)
+
+    def __post_init__(self):
+        self.starts = [utc(t) for t in self.starts]
+        if not self.starts or len(self.starts) != len(self.models):
+            raise ModelError(f"a model schedule needs one mapping per start, got {len(self.starts)} starts "
+                             f"and {len(self.models)} mappings")
+        if any(b <= a for a, b in zip(self.starts, self.starts[1:])):
+            raise ModelError(f"model schedule starts must increase: {[iso(t) for t in self.starts]}")
+
+    @classmethod
+    def fixed(cls, models: Mapping, start) -> ModelSchedule:
+        "One set of models for the whole period."
+        return cls([utc(start)], [dict(models)])
+
+    def at(self, t) -> dict:
+        "The models serving the bar opening at `t`."
+        k = max(0, int(np.searchsorted(np.array([x.value for x in self.starts]), utc(t).value, side="right")) - 1)
+        return self.models[k]
+
+    def all_models(self) -> list:
+        "Every distinct model in the schedule."
+        seen = {}
+        for m in self.models:
+            for v in m.values():
+                if v is not None:
+                    seen[id(v)] = v
+        return list(seen.values())
+
+    def symbols_with_models(self, symbols) -> list[str]:
+        return [s for s in symbols if any(m.get(s) is not None for m in self.models)]
+
+def as_schedule(models, start) -> ModelSchedule:
+    "A `ModelSchedule` from a schedule or a plain symbol -> model mapping."
+    return models if isinstance(models, ModelSchedule) else ModelSchedule.fixed(models, start)
+
+# %% ../nbs/41_replay.ipynb #5493e2cc
 NO_MODEL = "NO_MODEL"
 
 class DecisionPath:
@@ -271,10 +215,12 @@ class DecisionPath:
                  exchange: PaperExchange | None = None,
                  instruments: Mapping[str, object] | None = None,
                  clock: ManualClock | None = None,
+                 future_models: list | None = None,             # models `use_models` may serve later (kept warm)
+                 policies: Mapping[str, object] | None = None,  # symbol -> RL policy (`RLPolicy`); none: Kelly tiers
                  ):
         self.symbols, self.config = list(symbols), config
-        self.models = {s: models.get(s) for s in self.symbols}
-        self.active = [s for s in self.symbols if self.models[s] is not None]
+        later = [m for m in (future_models or []) if m is not None]
+        self.active = [s for s in self.symbols if models.get(s) is not None or any(m.symbol == s for m in later)]
         w = weights if weights is not None else pd.Series(1.0 / len(self.symbols), index=self.symbols)
         self.weights = {s: float(w.get(s, 0.0)) for s in self.symbols}
         self.instruments = dict(INSTRUMENTS if instruments is None else instruments)
@@ -282,23 +228,41 @@ class DecisionPath:
         self.clock = clock or ManualClock("2000-01-01T00:00:00Z")
         self.breaker = CircuitBreaker(config.breaker, clock=self.clock)
         self.risk = RiskEngine(config.risk, self.instruments, self.breaker, clock=self.clock)
-        needed = set().union(*(m.locked.features for m in self.models.values() if m is not None)) if self.active else set()
+        every = [m for m in models.values() if m is not None] + later
+        needed = set().union(*(m.locked.features for m in every)) if every else set()
         graph = _pruned_graph(config.features, needed)
         self.names = graph.names
         self.engines = {s: IncrementalFeatures(s, config.features, graph) for s in self.active}
-        xgb = {s: self.models[s] for s in self.active if self.models[s].kind == "xgboost"}
-        self.compiled = CompiledTrees(xgb, self.names) if xgb else None
-        self._row = {s: i for i, s in enumerate(xgb)}
-        self.trackers = {s: FastSignalTracker(config.signal) for s in self.active}
+        self.use_models(models)
+        self.trackers = {s: SignalTracker(config.signal) for s in self.active}
         rm = regime_models or {}
         self.filters = {s: RegimeFilter(rm[s]) for s in self.active if config.regimes and s in rm}
-        self.sizers = {s: Sizer(s, config.kelly, config.cascade, config.cost) for s in self.active}
+        self.policies = dict(policies or {})
+        self.sizers = {s: Sizer(s, config.kelly, config.cascade, config.cost, self.policies.get(s)) for s in self.active}
         self.intended = {s: 0.0 for s in self.symbols}       # the sizing's last target (fraction of the allocation)
+        self.peak = float(self.exchange.equity())             # the equity's high-water mark
         self.prev_close = {s: float("nan") for s in self.symbols}
         self.state = {s: None for s in self.active}           # the last signal state per symbol
         self.decisions: list[dict] = []
         self.max_fraction = {s: per_symbol(config.risk.max_position_fraction, s) for s in self.symbols}
         self._ref = config.features.reference_symbols
+
+    def use_models(self, models: Mapping[str, object | None]) -> None:
+        "Serve these models from the next close on (the weekly update); every other state carries on."
+        new = {s: models.get(s) for s in self.symbols}
+        for s, m in new.items():
+            if m is None:
+                continue
+            if s not in self.engines:
+                raise ModelError(f"{s}: model {m.model_id} arrived but {s} has no warm feature engine; "
+                                 "pass it in `future_models` when the path is built")
+            missing = [f for f in m.locked.features if f not in self.names]
+            if missing:
+                raise ModelError(f"{s}: model {m.model_id} reads features the path does not compute: {missing[:5]}")
+        self.models = new
+        xgb = {s: m for s, m in new.items() if m is not None and m.kind == "xgboost"}
+        self.compiled = CompiledTrees(xgb, self.names) if xgb else None
+        self._row = {s: i for i, s in enumerate(xgb)}
 
     # --- outside inputs -----------------------------------------------------------------------------
     def on_funding(self, symbol: str, ts, rate: float) -> None:
@@ -338,12 +302,12 @@ class DecisionPath:
             if s in bars:
                 o, h, lo, c, v = bars[s]
                 rows[s] = self.engines[s].on_bar(t, o, h, lo, c, v, btc, eth)
-        preds = self._predict(rows)
-        for s, pred in preds.items():
+        preds = self._predict({s: r for s, r in rows.items() if self.models[s] is not None})
+        for s in rows:     # a symbol between models (none served now) still tracks returns, with no prediction
             c = bars[s][3]
             prev = self.prev_close[s]
             ret = math.log(c / prev) if prev == prev else float("nan")
-            self.state[s] = self.trackers[s].update(pred, ret)
+            self.state[s] = self.trackers[s].update(preds.get(s, float("nan")), ret)
             f = self.filters.get(s)
             if f is not None:
                 f.observe_bar(t, c, self.config.features.bar_interval)
@@ -380,6 +344,8 @@ class DecisionPath:
             state = self.breaker.on_equity(equity)
         state = self.breaker.state
         E = float(equity)
+        self.peak = max(self.peak, E)
+        drawdown = 1.0 - E / self.peak if self.peak > 0 else 0.0     # the RL policy observes it
         portfolio = PortfolioState(equity, ex.positions, dict(ex.marks))
         out = []
         for s in self.symbols:
@@ -387,14 +353,16 @@ class DecisionPath:
                 continue
             c = float(bars[s][3])
             if s not in preds:
+                prev = self.intended[s]
                 rec = {"time": t, "symbol": s, "tier": NO_MODEL, "reason": f"no model for {s}: stays flat",
-                       "target": 0.0, "raw_target": 0.0, "previous": self.intended[s], "traded": False}
+                       "target": 0.0, "raw_target": 0.0, "previous": prev, "traded": prev != 0.0 or ex.position(s) != 0}
                 target = 0.0
             else:
                 st, f = self.state[s], self.filters.get(s)
                 d = self.sizers[s].decide(st["signal"], st["confidence"], st["ic"], st["sigma"],
                                           f.probabilities if f is not None else None, skill=st["skill"],
-                                          horizon=st["horizon"], position=self.intended[s], breaker=state, time=t)
+                                          horizon=st["horizon"], position=self.intended[s], drawdown=drawdown,
+                                          breaker=state, time=t)
                 rec = {"time": t, "symbol": s, "tier": d.tier.value, "reason": d.reason, "target": d.target,
                        "raw_target": d.raw_target, "previous": d.previous, "traded": d.traded, "kelly": d.kelly,
                        "signal": d.signal, "confidence": d.confidence, "ic": d.ic, "skill": st["skill"],
@@ -409,7 +377,9 @@ class DecisionPath:
             current = ex.position(s)
             rec.update(weight=self.weights[s], fraction=fraction, target_quantity=qty, position=float(current),
                        breaker=state.value, equity=E, risk_action=None, risk_reasons="", order_id=None)
-            order = ProposedOrder.for_target(s, current, to_decimal(round(qty, 12)), closes[s], rec["tier"])
+            order = None
+            if rec["traded"]:     # the sizing moved: trade to the new target; otherwise hold the units
+                order = ProposedOrder.for_target(s, current, to_decimal(round(qty, 12)), closes[s], rec["tier"])
             if order is not None:
                 decision = self.risk.check(order, portfolio)
                 rec["risk_action"], rec["risk_reasons"] = decision.action.value, "; ".join(decision.reasons)
@@ -425,7 +395,7 @@ class DecisionPath:
         self.decisions += out
         return out
 
-# %% ../nbs/41_replay.ipynb #b5cecb91
+# %% ../nbs/41_replay.ipynb #c1cc7d56
 @dataclass
 class ReplayResult:
     "What the replayed trader did: positions, equity, fills, funding and every decision."
@@ -436,7 +406,7 @@ class ReplayResult:
     equity: pd.Series               # equity at each bar's close (float; the exact figure is in `exchange`)
     positions: pd.DataFrame         # quantity held through each bar (after its open's fills)
     fractions: pd.DataFrame         # position notional / equity at the bar's open, after its fills (as research)
-    targets: pd.DataFrame           # the intended fraction of equity decided at each close (research's input)
+    targets: pd.DataFrame           # the fraction of equity ordered at each close; NaN = hold (research's input)
     decisions: pd.DataFrame         # one row per symbol and bar: tier, reason, target, risk action
     risk: pd.DataFrame              # the risk engine's decisions (`RiskDecision.to_dict`)
     fills: pd.DataFrame
@@ -446,6 +416,8 @@ class ReplayResult:
     regime_models: dict
     exchange: PaperExchange
     timings: dict = field(default_factory=dict)
+    schedule: ModelSchedule | None = None   # the models served over the period
+    policies: dict = field(default_factory=dict)   # the RL policies the cascade used
 
     @property
     def returns(self) -> pd.Series:
@@ -453,6 +425,12 @@ class ReplayResult:
         e = self.equity
         prev = e.shift(1).fillna(float(self.config.initial_cash))
         return (e / prev - 1).rename("return")
+
+    @property
+    def drawdown(self) -> pd.Series:
+        "Drawdown of the equity from its high-water mark (the initial cash included) at each close."
+        peak = self.equity.cummax().clip(lower=float(self.config.initial_cash))
+        return (1.0 - self.equity / peak).rename("drawdown")
 
     @property
     def fees(self) -> Decimal:
@@ -500,17 +478,19 @@ def replay(md,                                       # `MarketData` (only what i
            symbols: list[str],
            start,                                    # first bar (open time) the path trades at the close of
            end,                                      # last close: bars closing by `end` are replayed
-           models: Mapping[str, object | None],      # symbol -> TreeModel, or None (stays flat)
+           models: Mapping[str, object | None] | ModelSchedule,  # symbol -> TreeModel or None (flat), or a schedule
            config: ReplayConfig = ReplayConfig(),
            regime_models: Mapping[str, RegimeModel] | None = None,  # default: fitted on the data known at `start`
            weights: pd.Series | None = None,         # default: `allocation_weights` at `start`
+           policies: Mapping[str, object] | None = None,  # symbol -> RL policy for the cascade (none: Kelly tiers)
            ) -> ReplayResult:
     "Run the live decision path over history against the paper exchange, bar by bar."
     start, end = utc(start), utc(end)
     if end <= start:
         raise DataError(f"replay needs start < end, got {iso(start)} and {iso(end)}")
     step = config.interval
-    active = [s for s in symbols if models.get(s) is not None]
+    schedule = as_schedule(models, start)
+    active = schedule.symbols_with_models(symbols)
     t0 = _time.perf_counter()
     if regime_models is None:
         regime_models = fit_regime_models(md, active, start, config.regime) if config.regimes and active else {}
@@ -520,7 +500,9 @@ def replay(md,                                       # `MarketData` (only what i
     first = start - config.history_bars * step
     warm = start - config.warmup_bars * step
     view = _window(md.as_of(end), first)
-    path = DecisionPath(list(symbols), models, config, weights, regime_models)
+    serving = schedule.at(start)
+    path = DecisionPath(list(symbols), serving, config, weights, regime_models, future_models=schedule.all_models(),
+                        policies=policies)
     grid, arr = _bar_arrays(view, list(symbols), config.features.bar_interval)
     grid = grid[grid + step <= end]
     events = _outside_events(view, list(symbols), config.features)
@@ -546,6 +528,9 @@ def replay(md,                                       # `MarketData` (only what i
             e_i += 1
         bars = {s: (a[1][i], a[2][i], a[3][i], a[4][i], a[5][i]) for s, a in arr.items() if a[0][i]}
         trading = t >= start
+        if trading and schedule.at(t) is not serving:      # the weekly update: new models from this bar on
+            serving = schedule.at(t)
+            path.use_models(serving)
         if trading:
             path.on_bar_open(t, {s: b[0] for s, b in bars.items()}, funding_at.get(t.value))
             pos = ex.positions
@@ -561,7 +546,7 @@ def replay(md,                                       # `MarketData` (only what i
         n_dec += len(decided)
         times.append(t)
         eq.append(decided[0]["equity"] if decided else float(ex.equity()))
-        tgt = {d["symbol"]: d["fraction"] for d in decided}
+        tgt = {d["symbol"]: d["fraction"] for d in decided if d["traded"]}
         tgt_rows.append([tgt.get(s, np.nan) for s in symbols])
         brk.append(path.breaker.state.value)
         t_trade += _time.perf_counter() - tick
@@ -580,7 +565,7 @@ def replay(md,                                       # `MarketData` (only what i
                         pd.DataFrame(tgt_rows, index=idx, columns=list(symbols)), dec,
                         pd.DataFrame([d.to_dict() for d in path.risk.decisions]), fills, fund,
                         pd.Series(brk, index=idx, name="breaker"), pd.Series(path.weights, name="weight"),
-                        dict(regime_models), ex, timings)
+                        dict(regime_models), ex, timings, schedule, dict(policies or {}))
 
 def _feed_only(path: DecisionPath, t, bars) -> None:
     "A bar before the decision warm-up: features and the regime filter only (no prediction)."
@@ -597,7 +582,7 @@ def _feed_only(path: DecisionPath, t, bars) -> None:
     for s, b in bars.items():
         path.prev_close[s] = b[3]
 
-# %% ../nbs/41_replay.ipynb #05424f9e
+# %% ../nbs/41_replay.ipynb #adf386b0
 @dataclass
 class BatchTargets:
     "The research path's decisions: target weights (fraction of equity) per bar, tiers and regimes."
@@ -606,17 +591,33 @@ class BatchTargets:
     regimes: pd.DataFrame
     signals: dict            # symbol -> the signal frame (prediction, signal, confidence, ic, skill, sigma, horizon)
 
+def _scheduled_predictions(schedule: ModelSchedule, symbol: str, feats: pd.DataFrame, start) -> pd.Series:
+    "Each row predicted by the model serving its bar, rows before `start` (the warm-up) by the one serving `start`."
+    starts = np.array([x.value for x in schedule.starts])
+    at = np.maximum(feats.index.asi8, utc(start).value)
+    k = np.maximum(np.searchsorted(starts, at, side="right") - 1, 0)
+    out = pd.Series(np.nan, index=feats.index)
+    for j in np.unique(k):
+        model = schedule.models[j].get(symbol)
+        sel = k == j
+        if model is not None:
+            out[sel] = model.predict(feats.loc[sel])
+    return out
+
 def batch_targets(md, symbols: list[str], start, end,
-                  models: Mapping[str, object | None],
+                  models: Mapping[str, object | None] | ModelSchedule,
                   config: ReplayConfig = ReplayConfig(),
                   regime_models: Mapping[str, RegimeModel] | None = None,   # default: fitted at `start` (use the replay's)
                   weights: pd.Series | None = None,                         # default: `allocation_weights` at `start`
                   breaker: pd.Series | None = None,                         # breaker state per bar (default CLOSED)
+                  policies: Mapping[str, object] | None = None,             # symbol -> RL policy (use the replay's)
+                  drawdown: pd.Series | None = None,                        # portfolio drawdown at each close (the replay's)
                   ) -> BatchTargets:
     "Target weights per bar computed with batch features and the same signal, sizing and allocation code."
     start, end = utc(start), utc(end)
     step = config.interval
-    active = [s for s in symbols if models.get(s) is not None]
+    schedule = as_schedule(models, start)
+    active = schedule.symbols_with_models(symbols)
     if regime_models is None:
         regime_models = fit_regime_models(md, active, start, config.regime) if config.regimes and active else {}
     if weights is None:
@@ -628,12 +629,12 @@ def batch_targets(md, symbols: list[str], start, end,
         bars = view.bars(s)
         bars = bars[bars.index + step <= end]
         idx = bars.index[bars.index >= start]
-        if models.get(s) is None:
-            targets[s], tiers[s], regimes[s] = pd.Series(0.0, idx), pd.Series(NO_MODEL, idx), pd.Series(None, idx, dtype=object)
+        if s not in active:
+            targets[s], tiers[s], regimes[s] = pd.Series(np.nan, idx), pd.Series(NO_MODEL, idx), pd.Series(None, idx, dtype=object)
             continue
         feats = compute_features(view, s, config.features).features.loc[bars.index]
         rows = bars.index[bars.index >= warm]
-        pred = pd.Series(models[s].predict(feats.loc[rows]), index=rows)
+        pred = _scheduled_predictions(schedule, s, feats.loc[rows], start)
         own = np.log(bars["close"] / bars["close"].shift(1)).reindex(rows)
         sig = track_signals(pred, own, config.signal)
         sig.insert(0, "prediction", pred)
@@ -645,7 +646,7 @@ def batch_targets(md, symbols: list[str], start, end,
                 f.observe_bar(t, c, config.features.bar_interval)
                 if t >= start:
                     probs.loc[t] = [f.probabilities[r] for r in REGIMES]
-        sizer = Sizer(s, config.kelly, config.cascade, config.cost)
+        sizer = Sizer(s, config.kelly, config.cascade, config.cost, (policies or {}).get(s))
         cap = per_symbol(config.risk.max_position_fraction, s)
         cap = 0.0 if cap is None else float(cap)
         w = float(weights.get(s, 0.0))
@@ -654,92 +655,54 @@ def batch_targets(md, symbols: list[str], start, end,
         for t, row in zip(idx, st.itertuples()):
             p = probs.loc[t]
             rp = {r: float(p[r.value]) for r in REGIMES} if p.notna().all() and config.regimes and s in regime_models else None
+            if schedule.at(t).get(s) is None:      # between models: flat, as the live path
+                out_t.append(0.0 if pos != 0.0 else np.nan)
+                out_tier.append(NO_MODEL)
+                out_reg.append(None)
+                pos = 0.0
+                continue
             state = BreakerState(breaker.get(t, "CLOSED")) if breaker is not None else BreakerState.CLOSED
+            dd = float(drawdown.get(t, 0.0)) if drawdown is not None else 0.0
             d = sizer.decide(row.signal, row.confidence, row.ic, row.sigma, rp, skill=row.skill, horizon=row.horizon,
-                             position=pos, breaker=state, time=t)
+                             position=pos, drawdown=dd, breaker=state, time=t)
             pos = d.target
-            out_t.append(max(-cap, min(cap, d.target * w)))
+            out_t.append(max(-cap, min(cap, d.target * w)) if d.traded else np.nan)   # NaN: hold the units
             out_tier.append(d.tier.value)
             out_reg.append(d.regime)
         targets[s], tiers[s], regimes[s] = pd.Series(out_t, idx), pd.Series(out_tier, idx), pd.Series(out_reg, idx)
     frame = lambda d: pd.DataFrame(d)[list(symbols)].rename_axis("ts")
     return BatchTargets(frame(targets), frame(tiers), frame(regimes), signals)
 
-# %% ../nbs/41_replay.ipynb #e4059dc4
+# %% ../nbs/41_replay.ipynb #1a60011a
 @dataclass
 class ResearchRun:
-    "A research accounting of a targets frame: positions, fractions and equity per bar."
-    positions: pd.DataFrame
+    "A research accounting of a targets frame: fractions held and equity per bar."
     fractions: pd.DataFrame
     equity: pd.Series
     engine: str
+    initial: float = 100000.0
 
     @property
     def returns(self) -> pd.Series:
         return (self.equity / self.equity.shift(1).fillna(self.initial) - 1).rename("return")
 
-    initial: float = 100000.0
+def research_run(md, targets: pd.DataFrame, config: ReplayConfig = ReplayConfig(),
+                 breaker: pd.Series | None = None,     # the replay's breaker state at each close
+                 ) -> ResearchRun:
+    "`research_backtest` of `targets` with the replay's costs and breaker path (its plain loop, no vectorbt check)."
+    from trade_matrix.backtest import BacktestConfig, research_backtest
+    step = targets.index[1] - targets.index[0] if len(targets) > 1 else config.interval
+    view = md.as_of(targets.index[-1] + step)
+    bars = {s: view.bars(s) for s in targets.columns}
+    funding = {s: view.funding(s) for s in targets.columns} if config.funding else None
+    cfg = BacktestConfig(taker_fee=float(config.taker_fee), slippage=float(config.slippage), funding=config.funding,
+                         initial_cash=float(config.initial_cash), cross_check=False)
+    out = research_backtest(bars, targets, cfg, funding=funding, breaker=breaker, risk=config.risk,
+                            breaker_config=config.breaker)
+    return ResearchRun(out.positions[list(targets.columns)], out.equity, "trade_matrix.backtest.research_backtest",
+                       float(config.initial_cash))
 
-def plain_accounting(md, targets: pd.DataFrame,       # fraction of equity per bar (decided at its close)
-                     taker_fee: float = 0.00055, slippage: float = 0.0002,
-                     initial_cash: float = 100000.0,
-                     funding: bool = True,
-                     ) -> ResearchRun:
-    "The plain next-open accounting of a targets frame, in floats (no lots, ticks or minimums)."
-    symbols = list(targets.columns)
-    step = targets.index[1] - targets.index[0] if len(targets) > 1 else pd.Timedelta("4h")
-    end = targets.index[-1] + step
-    view = md.as_of(end)
-    grid, arr = _bar_arrays(_window(view, targets.index[0]), symbols, "4h")
-    grid = grid[(grid >= targets.index[0]) & (grid <= targets.index[-1])]
-    rates = {}
-    if funding:
-        for s in symbols:
-            fu = view.funding(s)
-            rates[s] = dict(zip(fu.index.asi8, fu["funding_rate"].to_numpy(dtype="float64")))
-    tg = targets.reindex(grid)
-    cash, q = float(initial_cash), dict.fromkeys(symbols, 0.0)
-    pending: dict = {}
-    mark = dict.fromkeys(symbols, float("nan"))
-    P, F, E = [], [], []
-    for i, t in enumerate(grid):
-        for s in symbols:
-            present, o = arr[s][0][i], arr[s][1][i]
-            if not present:
-                continue
-            if funding and q[s]:
-                r = rates[s].get(t.value)
-                if r is not None:
-                    cash -= q[s] * o * r
-        e = cash + sum(q[s] * arr[s][1][i] for s in symbols if q[s] and arr[s][0][i]) + \
-            sum(q[s] * mark[s] for s in symbols if q[s] and not arr[s][0][i])
-        for s in symbols:
-            present, o = arr[s][0][i], arr[s][1][i]
-            if present and s in pending and e > 0:
-                d = pending.pop(s) * e / o - q[s]
-                if abs(d) * o > 1e-12 * e:
-                    px = o * (1 + slippage * (1 if d > 0 else -1))
-                    cash -= d * px + abs(d) * px * taker_fee
-                    q[s] += d
-        for s in symbols:
-            if arr[s][0][i]:
-                mark[s] = arr[s][1][i]
-        post = cash + sum(q[s] * mark[s] for s in symbols if q[s])
-        F.append([q[s] * mark[s] / post if q[s] else 0.0 for s in symbols])
-        for s in symbols:
-            if arr[s][0][i]:
-                mark[s] = arr[s][4][i]
-        eq = cash + sum(q[s] * mark[s] for s in symbols if q[s])
-        P.append([q[s] for s in symbols])
-        E.append(eq)
-        for s in symbols:
-            f = tg[s].iloc[i]
-            if arr[s][0][i] and f == f:
-                pending[s] = f
-    return ResearchRun(pd.DataFrame(P, index=grid, columns=symbols), pd.DataFrame(F, index=grid, columns=symbols),
-                       pd.Series(E, index=grid, name="equity"), "trade_matrix.replay.plain_accounting", float(initial_cash))
-
-# %% ../nbs/41_replay.ipynb #03298770
+# %% ../nbs/41_replay.ipynb #29f716e8
 @dataclass
 class ParityReport:
     "Whether the replay and the research backtest agree bar for bar, and where they first part if not."
@@ -760,34 +723,6 @@ class ParityReport:
                 f"max |position diff| {self.max_position_diff:.2e}, max |return diff| {self.max_return_diff:.2e}, "
                 f"total return {self.total_return[0]:.4%} vs {self.total_return[1]:.4%})")
 
-def _research_run(md, targets: pd.DataFrame, config: ReplayConfig) -> ResearchRun:
-    "The research backtest of `targets`: `trade_matrix.backtest.research_backtest` if usable, else `plain_accounting`."
-    kw = dict(taker_fee=float(config.taker_fee), slippage=float(config.slippage),
-              initial_cash=float(config.initial_cash), funding=config.funding)
-    try:
-        from trade_matrix.backtest import research_backtest  # noqa: F401  (written in 40_backtest)
-    except ImportError:
-        return plain_accounting(md, targets, **kw)
-    try:
-        return _from_research_backtest(md, targets, config)
-    except Exception as e:  # its interface is not the one expected: say so and use the plain accounting
-        run = plain_accounting(md, targets, **kw)
-        run.engine += f" (research_backtest not usable here: {type(e).__name__}: {e})"
-        return run
-
-def _from_research_backtest(md, targets: pd.DataFrame, config: ReplayConfig) -> ResearchRun:
-    "`research_backtest` on `targets` (its plain loop, no vectorbt cross-check), as a `ResearchRun`."
-    from trade_matrix.backtest import BacktestConfig, research_backtest
-    step = targets.index[1] - targets.index[0]
-    view = md.as_of(targets.index[-1] + step)
-    bars = {s: view.bars(s) for s in targets.columns}
-    funding = {s: view.funding(s) for s in targets.columns} if config.funding else None
-    cfg = BacktestConfig(taker_fee=float(config.taker_fee), slippage=float(config.slippage), funding=config.funding,
-                         initial_cash=float(config.initial_cash), cross_check=False)
-    out = research_backtest(bars, targets, cfg, funding=funding)
-    return ResearchRun(out.positions * np.nan, out.positions[list(targets.columns)], out.equity,
-                       "trade_matrix.backtest.research_backtest", float(config.initial_cash))
-
 def parity_check(result: ReplayResult,
                  research: ResearchRun | pd.DataFrame | BatchTargets,  # a research run, or the targets to run it on
                  md=None,                                  # needed when `research` is targets
@@ -800,7 +735,7 @@ def parity_check(result: ReplayResult,
     if isinstance(research, pd.DataFrame):
         if md is None:
             raise DataError("parity_check needs `md` to run the research backtest on a targets frame")
-        research = _research_run(md, research, result.config)
+        research = research_run(md, research, result.config, result.breaker)
     syms, idx = result.symbols, result.fractions.index
     rf = research.fractions.reindex(idx)[syms]
     lf = result.fractions[syms]
@@ -835,13 +770,82 @@ def parity_check(result: ReplayResult,
     notes = []
     nb = int((result.breaker != BreakerState.CLOSED.value).sum())
     if nb:
-        notes.append(f"the breaker was not CLOSED on {nb} bars (research was given its states only if passed to batch_targets)")
+        notes.append(f"the breaker was not CLOSED on {nb} bars: research was handed its path (batch_targets' "
+                     "`breaker=` for EMERGENCY_FLAT, the accounting's probe cuts)")
     total = (float(E[-1]) / float(result.config.initial_cash) - 1, float(research.equity.reindex(idx).iloc[-1]) / research.initial - 1)
     return ParityReport(first is None, research.engine, len(idx), list(syms), float(np.nanmax(diff.to_numpy())),
                         float(np.nanmax(excess.to_numpy())), float(np.nanmax(ret_diff)), total, first, notes)
 
-def research_parity(md, result: ReplayResult, models: Mapping[str, object | None], **tolerances) -> tuple[ParityReport, BatchTargets]:
-    "Batch targets on the replay's period (its regimes, weights and breaker states), the research backtest, the check."
+def research_parity(md, result: ReplayResult,
+                    models: Mapping[str, object | None] | ModelSchedule | None = None,  # default: the replay's schedule
+                    **tolerances) -> tuple[ParityReport, BatchTargets]:
+    "Batch targets on the replay's period (its models, regimes, weights and breaker states), the research backtest, the check."
+    models = result.schedule if models is None else models
     bt = batch_targets(md, result.symbols, result.start, result.end, models, result.config, result.regime_models,
-                       result.weights, breaker=result.breaker)
+                       result.weights, breaker=result.breaker, policies=result.policies, drawdown=result.drawdown)
     return parity_check(result, bt, md=md, **tolerances), bt
+
+# %% ../nbs/41_replay.ipynb #ba83ff6a
+class WeeklyConfig(_Strict):
+    "The weekly update replayed inside a backtest."
+    every: str = "7D"                                    # time between updates
+    n_windows: int = Field(12, ge=2)                     # walk-forward windows judging each update (production: 40)
+    transfer_trees: tuple[int, ...] = (50, 150, 250)     # the transfer grid (production: 50..250 by 50)
+    ignore_gates: bool = False                           # research only: serve every update, passed or not
+    n_jobs: int = Field(1, ge=1)                         # instruments trained in parallel
+
+def _update_one(md, symbol, w, production, config, features):
+    from trade_matrix.models import train_instrument
+    t = _time.perf_counter()
+    r = train_instrument(md, symbol, until=w, production=production, config=config, features=features)
+    return r, _time.perf_counter() - t
+
+def weekly_schedule(md, symbols: list[str], start, end,
+                    initial: Mapping[str, object],        # symbol -> `TrainingResult` of the training before `start`
+                    config=None,                          # `TrainConfig` (default: production's)
+                    weekly: WeeklyConfig = WeeklyConfig(),
+                    progress=None,                        # called with (week time, log rows of that week)
+                    ) -> ModelSchedule:
+    "The models production's weekly retraining would have served over [start, end), each trained before its week."
+    from trade_matrix.models import TrainConfig
+    start, end = utc(start), utc(end)
+    base = config or TrainConfig()
+    light = base.model_copy(update={
+        "walk_forward": base.walk_forward.model_copy(update={"n_windows": weekly.n_windows}),
+        "model": base.model.model_copy(update={"transfer_trees": tuple(weekly.transfer_trees)})})
+    serving, features, rows = {}, {}, []
+    for s in symbols:
+        r = initial.get(s)
+        if r is None:
+            serving[s] = None
+            continue
+        late = r.until > start
+        if late:
+            raise ModelError(f"{s}: the initial model was trained on data known by {iso(r.until)}, after the "
+                             f"backtest starts at {iso(start)}")
+        serving[s] = r.model if (r.passed or weekly.ignore_gates) else None
+        features[s] = tuple(r.model.locked.features)
+        rows.append({"time": start, "symbol": s, "until": r.until, "variant": r.variant, "passed": r.passed,
+                     "deployed": serving[s] is not None, "ic": r.decision.ic, "sharpe": r.decision.sharpe,
+                     "model_id": r.model.model_id, "reason": r.reason, "seconds": r.timings.get("total_s", float("nan"))})
+    starts, models = [start], [dict(serving)]
+    weeks = pd.date_range(start, end, freq=weekly.every, inclusive="left")[1:]
+    todo = [s for s in symbols if s in features]
+    import joblib
+    with joblib.Parallel(n_jobs=min(weekly.n_jobs, max(1, len(todo))), backend="loky") as par:
+        for w in weeks:
+            out = par(joblib.delayed(_update_one)(md, s, w, serving[s], light, features[s]) for s in todo)
+            week = []
+            for s, (r, sec) in zip(todo, out):
+                deploy = r.passed or weekly.ignore_gates
+                if deploy:
+                    serving[s] = r.model
+                week.append({"time": w, "symbol": s, "until": r.until, "variant": r.variant, "passed": r.passed,
+                             "deployed": deploy, "ic": r.decision.ic, "sharpe": r.decision.sharpe,
+                             "model_id": r.model.model_id, "reason": r.reason, "seconds": sec})
+            rows += week
+            starts.append(w)
+            models.append(dict(serving))
+            if progress is not None:
+                progress(w, week)
+    return ModelSchedule(starts, models, pd.DataFrame(rows))
