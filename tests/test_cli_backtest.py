@@ -29,7 +29,8 @@ def test_backtest_prints_metrics_beside_buy_and_hold_and_writes_the_report(tmp_p
     updates = (run / "model_updates.csv").read_text().splitlines()
     assert len(updates) == 1 + 3 and updates[0].startswith("time,symbol,until,variant,passed,deployed")
     assert (run / "report.html").is_file() and json.loads((run / "metrics.json").read_text())
-    assert {p.name for p in run.glob("*.png")} >= {"equity.png", "drawdown.png"}
+    assert {p.name for p in run.glob("*.png")} >= {"equity.png", "drawdown.png", "window_ic.png"}   # weekly IC
+    assert isinstance(doc["ic"], float) and 0 <= doc["ic_p_value"] <= 1                          # the served models' IC
 
 
 def test_training_after_the_first_bar_is_refused_naming_the_overlap():

@@ -40,3 +40,14 @@ def test_retrain_parameter_errors_exit_2_naming_the_problem():
     assert r.returncode == 2 and "-p needs a name and a value" in r.stderr, r.stderr
     r = tm_process("retrain", "stray")
     assert r.returncode == 2 and "unexpected argument 'stray'" in r.stderr, r.stderr
+
+
+def test_strict_retrain_exit_codes():
+    from trade_matrix.retrain import GATES_FAILED, exit_code
+    m = {"symbols": {"BTCUSDT": {"passed": False}, "ETHUSDT": {"passed": True}}}
+    assert exit_code(True, m) == (0, "")
+    code, why = exit_code(True, m, strict=True)
+    assert code == GATES_FAILED == 5 and "BTCUSDT" in why and "ETHUSDT" not in why
+    assert exit_code(False, m, strict=True)[0] == 1
+    r = tm_process("retrain", "--strict", "-p", "bogus", "1")
+    assert r.returncode == 2 and "unknown retrain parameter" in r.stderr, r.stderr

@@ -28,7 +28,8 @@ _log = logging.getLogger(__name__)
 __all__ = ['REGIME_COLORS', 'TIER_CODES', 'BacktestConfig', 'align', 'hold_unchanged', 'funding_matrix', 'settlement_bars',
            'ProbeLimits', 'probe_limits', 'Simulation', 'simulate', 'compute_metrics', 'vbt_portfolio',
            'buy_and_hold_targets', 'momentum_targets', 'check_out_of_sample', 'BacktestResult', 'research_backtest',
-           'new_run_dir', 'plot_equity', 'plot_drawdown', 'plot_regimes', 'plot_positions_tiers', 'write_report']
+           'window_ic', 'new_run_dir', 'plot_equity', 'plot_drawdown', 'plot_regimes', 'plot_positions_tiers',
+           'write_report']
 
 # %% ../nbs/40_backtest.ipynb #29e401bb
 class BacktestConfig(_Strict):
@@ -351,7 +352,7 @@ def momentum_targets(close: pd.DataFrame, lookback: int = 42) -> pd.DataFrame:
     t = (mom > 0).astype("float64") / close.shape[1]
     return hold_unchanged(t.where(mom.notna(), 0.0))
 
-# %% ../nbs/40_backtest.ipynb #84da0d79
+# %% ../nbs/40_backtest.ipynb #b2f84b6c
 def check_out_of_sample(trained_until: dict,   # symbol -> last time in the model's training data
                         start,                 # the backtest's first bar
                         ) -> None:
@@ -384,6 +385,8 @@ class BacktestResult:
     cross_check: dict = field(default_factory=dict)        # vectorbt agreement
     portfolio: object = None                               # the vectorbt Portfolio (no funding)
     timings: dict = field(default_factory=dict)            # seconds per step
+    predictions: pd.DataFrame | None = None                # the model's predictions per (bar, symbol), if given
+    labels: pd.DataFrame | None = None                     # the realised next-bar returns they are scored on
 
     def table(self) -> pd.DataFrame:
         "Strategy vs benchmarks, the scalar metrics side by side."
@@ -455,9 +458,23 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
         tm["vectorbt"] = time.perf_counter() - t0
     return BacktestResult(sim.equity, sim.returns, sim.gross_returns, sim.positions, sim.trades,
                           sim.fees + sim.slippage, sim.funding, sim.turnover, metrics, bench, t, tiers, regimes, config,
-                          bench_eq, check, portfolio, tm)
+                          bench_eq, check, portfolio, tm, predictions, labels)
 
-# %% ../nbs/40_backtest.ipynb #be19a756
+def window_ic(predictions: pd.DataFrame,   # predictions per (bar, symbol)
+              labels: pd.DataFrame,        # realised next-bar returns, same shape
+              every: str = "7D",           # window length (a week of 4h bars by default)
+              ) -> pd.DataFrame:
+    "Spearman IC of the predictions pooled across symbols in consecutive windows: `ic`, `p_value`, `n` per window."
+    p, y = predictions.align(labels, join="inner")
+    rows = []
+    for start, grp in p.groupby(p.index.floor(every)):
+        yy = y.loc[grp.index]
+        ic, pv = information_coefficient(grp.to_numpy().reshape(-1), yy.to_numpy().reshape(-1))
+        rows.append({"window": start, "ic": ic, "p_value": pv,
+                     "n": int((np.isfinite(grp.to_numpy()) & np.isfinite(yy.to_numpy())).sum())})
+    return pd.DataFrame(rows).set_index("window") if rows else pd.DataFrame(columns=["ic", "p_value", "n"])
+
+# %% ../nbs/40_backtest.ipynb #e95820f7
 REGIME_COLORS = {"Bull": "#a5d6a7", "Neutral": "#e0e0e0", "Bear": "#ffcc80", "Crisis": "#ef9a9a"}
 TIER_CODES = {t.value: i for i, t in enumerate(SizingTier)}
 
@@ -579,7 +596,9 @@ def write_report(result: BacktestResult,
     run_dir.mkdir(parents=True, exist_ok=True)
     figs = {"equity": plot_equity(result), "drawdown": plot_drawdown(result), "regimes": plot_regimes(result),
             "positions": plot_positions_tiers(result)}
-    if windows is not None and "ic" in windows:
+    if windows is None and result.predictions is not None and result.labels is not None:
+        windows = window_ic(result.predictions, result.labels)        # weekly, pooled across symbols
+    if windows is not None and "ic" in windows and windows["ic"].notna().any():
         from trade_matrix.validation import plot_window_ic
         figs["window_ic"] = plot_window_ic(windows)
     images = {name: _png(fig, run_dir / f"{name}.png") for name, fig in figs.items()}

@@ -450,7 +450,7 @@ def rl_train(symbol: Symbol,
     out.print(f"out of sample {doc['test_from']} .. {doc['test_to']} (net of costs):")
     out.print(table.round(3).to_string())
 
-# %% ../nbs/69_cli.ipynb #94da3294
+# %% ../nbs/69_cli.ipynb #584acd6b
 Symbols = Annotated[str, typer.Option("--symbols", help="comma-separated symbols")]
 
 def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_until: str | None, ignore_gates: bool,
@@ -460,7 +460,7 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
     from trade_matrix.data import load_market_data
     from trade_matrix.features import FeatureConfig
     from trade_matrix.models import train_instrument
-    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay, research_parity, weekly_schedule
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, next_returns, replay, research_parity, weekly_schedule
     if retrain not in ("weekly", "none"):
         raise ConfigError(f"--retrain must be weekly or none, got {retrain!r}")
     s = _settings(data_dir)
@@ -519,7 +519,8 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
         research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
                                      funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
                                      trained_until={x: cut - interval for x in syms}, breaker=result.breaker,
-                                     risk=cfg.risk, breaker_config=cfg.breaker)
+                                     risk=cfg.risk, breaker_config=cfg.breaker,
+                                 predictions=bt.predictions, labels=next_returns(view, syms, bt.targets.index))
     timings["research_s"] = time.perf_counter() - t
     return md, result, research, parity, training, timings
 
@@ -547,7 +548,7 @@ def backtest_cmd(start: From, end: To = None,
     bh = research.benchmarks.get("buy_and_hold", {})
     doc = {k: m.get(k) for k in ("sharpe", "sharpe_gross", "max_drawdown", "total_return", "total_return_gross",
                                  "annual_return", "sortino", "calmar", "hit_rate", "annual_turnover", "cost_drag",
-                                 "funding_paid", "exposure", "n_trades", "bars", "start", "end")}
+                                 "funding_paid", "exposure", "n_trades", "ic", "ic_p_value", "bars", "start", "end")}
     doc["benchmark_buy_hold"] = {k: bh.get(k) for k in ("sharpe", "max_drawdown", "total_return", "sharpe_gross")}
     doc["benchmark_momentum"] = {k: research.benchmarks.get("momentum", {}).get(k) for k in ("sharpe", "max_drawdown", "total_return")}
     doc.update(tier_share=m.get("tier_share"), regime_share=m.get("regime_share"),
@@ -585,7 +586,7 @@ def parity_cmd(start: From, end: To = None, symbols: Symbols = "BTCUSDT,ETHUSDT,
     if not parity.passed:
         raise typer.Exit(1)
 
-# %% ../nbs/69_cli.ipynb #364b49e2
+# %% ../nbs/69_cli.ipynb #bfbc3b9f
 def _param_pairs(args: list[str]) -> list[tuple[str, str]]:
     "`-p NAME VALUE` pairs from the raw arguments (typer has no repeatable two-value option)."
     pairs, i = [], 0
@@ -601,17 +602,18 @@ def _param_pairs(args: list[str]) -> list[tuple[str, str]]:
 @app.command("retrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def retrain_cmd(ctx: typer.Context,
                 runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where the run folder is created")] = Path("runs"),
+                strict: Annotated[bool, typer.Option("--strict", help="exit 5 when any instrument fails its gates (the scheduled run)")] = False,
                 json_out: JsonFlag = False):
     """Run the weekly retrain notebook with papermill: -p NAME VALUE sets a parameter (repeatable).
 
     The run folder holds the executed notebook, report.html and metrics.json; a failure exits 1 and leaves
-    production unchanged."""
+    production unchanged; with --strict a failed gate exits 5."""
     from trade_matrix.retrain import retrain_command
-    code = retrain_command(_param_pairs(list(ctx.args)), runs_dir=runs_dir, json_out=json_out)
+    code = retrain_command(_param_pairs(list(ctx.args)), runs_dir=runs_dir, json_out=json_out, strict=strict)
     if code:
         raise typer.Exit(code)
 
-# %% ../nbs/69_cli.ipynb #06669687
+# %% ../nbs/69_cli.ipynb #4936a69f
 def _data_summary(s) -> None:
     t0 = time.perf_counter()
     rep = data_report(s.data.data_dir, s.data.gaps.minor_max_bars, s.data.bar_interval)
@@ -632,7 +634,7 @@ def demo(data_dir: DataDir = None,
          data_only: Annotated[bool, typer.Option("--data-only", help="only the data report")] = False):
     "The main job on the embedded default: data report, retrain, weekly-retrained out-of-sample replay, report."
     from trade_matrix.backtest import BacktestConfig, new_run_dir, research_backtest, write_report
-    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay, research_parity, weekly_schedule
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, next_returns, replay, research_parity, weekly_schedule
     from trade_matrix.retrain import RetrainParams, run_steps
     s = _settings(data_dir)
     out.rule("1/4 data")
@@ -692,7 +694,8 @@ def demo(data_dir: DataDir = None,
     research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
                                  funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
                                  trained_until={x: r.until - pd.Timedelta(s.data.bar_interval) for x, r in initial.items()},
-                                 breaker=result.breaker, risk=cfg.risk, breaker_config=cfg.breaker)
+                                 breaker=result.breaker, risk=cfg.risk, breaker_config=cfg.breaker,
+                                 predictions=bt.predictions, labels=next_returns(view, syms, bt.targets.index))
     (run / "backtest").mkdir(exist_ok=True)
     report = write_report(research, run / "backtest", title=f"Demo: {', '.join(syms)} out of sample {iso(t0)} .. {iso(t1)}")
     schedule.log.to_csv(run / "backtest" / "model_updates.csv", index=False)

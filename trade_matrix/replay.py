@@ -32,8 +32,8 @@ from .validation import CostConfig
 
 # %% auto #0
 __all__ = ['NO_MODEL', 'CompiledTrees', 'ReplayConfig', 'fit_regime_models', 'allocation_weights', 'ModelSchedule', 'as_schedule',
-           'DecisionPath', 'ReplayResult', 'replay', 'BatchTargets', 'batch_targets', 'ResearchRun', 'research_run',
-           'ParityReport', 'parity_check', 'research_parity', 'WeeklyConfig', 'weekly_schedule']
+           'DecisionPath', 'ReplayResult', 'replay', 'BatchTargets', 'next_returns', 'batch_targets', 'ResearchRun',
+           'research_run', 'ParityReport', 'parity_check', 'research_parity', 'WeeklyConfig', 'weekly_schedule']
 
 # %% ../nbs/41_replay.ipynb #3abc0376
 def _xgb_trees(estimator) -> tuple[float, list[dict]]:
@@ -582,7 +582,7 @@ def _feed_only(path: DecisionPath, t, bars) -> None:
     for s, b in bars.items():
         path.prev_close[s] = b[3]
 
-# %% ../nbs/41_replay.ipynb #adf386b0
+# %% ../nbs/41_replay.ipynb #335a69a8
 @dataclass
 class BatchTargets:
     "The research path's decisions: target weights (fraction of equity) per bar, tiers and regimes."
@@ -590,6 +590,20 @@ class BatchTargets:
     tiers: pd.DataFrame
     regimes: pd.DataFrame
     signals: dict            # symbol -> the signal frame (prediction, signal, confidence, ic, skill, sigma, horizon)
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        "The served model's prediction per (bar, symbol) on the targets' bars (NaN without a model)."
+        return pd.DataFrame({s: self.signals[s]["prediction"].reindex(self.targets.index) if s in self.signals
+                             else pd.Series(np.nan, self.targets.index) for s in self.targets.columns})
+
+def next_returns(md, symbols: list[str], index: pd.DatetimeIndex) -> pd.DataFrame:
+    "Each bar's next-bar log return (what a prediction made at its close is scored on); NaN where unknown."
+    out = {}
+    for s in symbols:
+        c = md.bars(s)["close"]
+        out[s] = np.log(c.shift(-1) / c).reindex(index)
+    return pd.DataFrame(out, index=index)
 
 def _scheduled_predictions(schedule: ModelSchedule, symbol: str, feats: pd.DataFrame, start) -> pd.Series:
     "Each row predicted by the model serving its bar, rows before `start` (the warm-up) by the one serving `start`."

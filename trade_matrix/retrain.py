@@ -28,12 +28,13 @@ from .core import (PROJECT_ROOT, ConfigError, DataError, ModelError, SeriesKind,
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['STEPS', 'METRICS_FILE', 'RETRAIN_NOTEBOOK', 'RetrainParams', 'StepResult', 'read_metrics', 'update_metrics',
-           'show_step', 'step_data', 'step_features', 'production_models', 'step_train', 'oos_signal_frame',
-           'step_signals', 'backtest_start', 'step_rl', 'step_backtest', 'step_gates', 'step_register', 'run_steps',
-           'finish_metrics', 'RetrainRun', 'write_html', 'run_retrain', 'parse_params', 'retrain_command']
+__all__ = ['STEPS', 'METRICS_FILE', 'RETRAIN_NOTEBOOK', 'GATES_FAILED', 'RetrainParams', 'StepResult', 'read_metrics',
+           'update_metrics', 'show_step', 'step_data', 'step_features', 'production_models', 'step_train',
+           'oos_signal_frame', 'step_signals', 'backtest_start', 'step_rl', 'step_backtest', 'step_gates',
+           'step_register', 'run_steps', 'finish_metrics', 'RetrainRun', 'write_html', 'run_retrain', 'parse_params',
+           'retrain_command', 'exit_code']
 
-# %% ../nbs/60_retrain.ipynb #2a558a12
+# %% ../nbs/60_retrain.ipynb #17cde0a1
 class RetrainParams(_Strict):
     "Everything one weekly retrain run is told; validated before any work starts."
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")  # instruments to retrain
@@ -41,6 +42,7 @@ class RetrainParams(_Strict):
     data_dir: str | None = None               # folder of data files (None: the bundled data/)
     source: Literal["bundled", "bybit"] = "bundled"  # "bybit": fetch/backfill the bars from Bybit (and DVOL from Deribit) first
     fetch_from: str = "2021-01-01"            # source="bybit": first bar fetched
+    deribit_url: str = "https://www.deribit.com"  # source="bybit": where DVOL comes from (a loopback in tests)
     ic_min: float = 0.03                      # gate: pooled IC at least this (full retrain)
     ic_min_transfer: float = 0.05             # gate: ... for a transfer-learning update
     hit_rate_min: float = Field(0.52, ge=0, le=1)  # gate: directional hit rate at least this
@@ -200,7 +202,7 @@ def show_step(result: StepResult,       # from a step function
         update_metrics(run_dir, status="running", steps={result.step: {"seconds": round(result.seconds, 3)} | result.summary})
     return figures
 
-# %% ../nbs/60_retrain.ipynb #7a8153f1
+# %% ../nbs/60_retrain.ipynb #414b8db8
 def _fetch_bybit(params: RetrainParams, settings: Settings, symbols: list[str]) -> Path:
     "Backfill bars and funding from Bybit and DVOL from Deribit into the store; export them as bundle files."
     from trade_matrix.data import write_data_file
@@ -215,7 +217,7 @@ def _fetch_bybit(params: RetrainParams, settings: Settings, symbols: list[str]) 
     out.mkdir(parents=True, exist_ok=True)
     bybit = BybitSource(settings.bybit)
     name = f"bybit_{bybit.category}"
-    deribit = DeribitSource(timeout_s=settings.bybit.timeout_s, max_retries=settings.bybit.max_retries,
+    deribit = DeribitSource(params.deribit_url, timeout_s=settings.bybit.timeout_s, max_retries=settings.bybit.max_retries,
                             backoff_s=settings.bybit.backoff_s)
     jobs = [(bybit, SeriesKind.OHLCV, s, "1h", name) for s in symbols]
     jobs += [(bybit, SeriesKind.FUNDING, s, "8h", name) for s in symbols]
@@ -400,29 +402,17 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
     return StepResult("training", time.perf_counter() - t0, {"symbols": summary, "n_windows": params.n_windows},
                       table, {"results": results, "production": prod, "registry": registry, "config": config}, plots)
 
-# %% ../nbs/60_retrain.ipynb #9f65759f
+# %% ../nbs/60_retrain.ipynb #05cfe21c
 def oos_signal_frame(result,                    # a `TrainingResult`
                      md,                        # the `MarketData` it was trained on
                      regimes: bool = True,      # join filtered regime probabilities (28-day refits)
                      regime_refit: str = "28D",
                      ) -> pd.DataFrame:
     "The chosen variant's walk-forward predictions as a signal frame (the columns of `sizing.signal_frame`)."
-    from trade_matrix.sizing import REGIMES, SignalConfig, track_signals
-    preds = result.predictions
-    symbol = result.symbol
-    bars = md.bars(symbol)
-    own = np.log(bars["close"] / bars["close"].shift(1)).reindex(preds.index)   # each bar's own return, known at its close
-    state = track_signals(preds[result.variant], own, SignalConfig())
-    frame = pd.DataFrame({"prediction": preds[result.variant], "window": preds["window"]}).join(state)
-    frame["ret"] = preds["returns"]
-    if regimes:
-        from trade_matrix.regime import walk_forward_regimes
-        probs = walk_forward_regimes(md, symbol, frame.index[0], frame.index[-1] + pd.Timedelta(md.bar_interval),
-                                     refit_every=regime_refit)
-        probs = probs[[r.value for r in REGIMES]].reindex(frame.index)
-        for r in REGIMES:
-            frame[f"p_{r.value}"] = probs[r.value].to_numpy()
-    frame.attrs.update(symbol=symbol, features=list(result.model.locked.features), variant=result.variant)
+    from trade_matrix.sizing import frame_from_predictions
+    frame = frame_from_predictions(md, result.symbol, result.predictions, result.variant, regimes=regimes,
+                                   regime_refit=regime_refit, bar_interval=md.bar_interval)
+    frame.attrs.update(symbol=result.symbol, features=list(result.model.locked.features), variant=result.variant)
     return frame
 
 def _signals_one(args):
@@ -802,7 +792,7 @@ def run_retrain(params: dict | RetrainParams | None = None,  # RetrainParams fie
                          wall_seconds=round((pd.Timestamp.now(tz="UTC") - started).total_seconds(), 2))
     return RetrainRun(run_dir, doc, error is None, error)
 
-# %% ../nbs/60_retrain.ipynb #b6f839a8
+# %% ../nbs/60_retrain.ipynb #b5491fbb
 def parse_params(pairs) -> dict:
     "`[(name, value), ...]` from `-p name value` as a dict; values parsed as JSON when they parse, else strings."
     allowed = list(RetrainParams.model_fields)
@@ -826,8 +816,10 @@ def retrain_command(params: list[tuple[str, str]],   # `-p name value` pairs
                     notebook=RETRAIN_NOTEBOOK,
                     json_out: bool = False,           # print metrics.json to stdout instead of the summary
                     stdout=None, stderr=None,         # streams (default sys.stdout / sys.stderr)
+                    strict: bool = False,             # a gate failure is a failure too (exit GATES_FAILED)
                     ) -> int:
-    "Parse `-p name value` pairs, run the retrain notebook, print progress and a summary; returns the exit code."
+    """Parse `-p name value` pairs, run the retrain notebook, print progress and a summary; returns the exit code:
+    0 ok, 1 the run failed (production unchanged), `GATES_FAILED` with `strict` when any instrument failed its gates."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     p = RetrainParams.parse(parse_params(params))
     print(f"retrain: {', '.join(p.symbols)} as of {p.as_of or 'the end of the data'}, {p.n_windows} walk-forward windows, "
@@ -860,4 +852,18 @@ def retrain_command(params: list[tuple[str, str]],   # `-p name value` pairs
             e = run.error or {}
             print(f"error in cell {e.get('cell_index')}: {e.get('ename')}: {e.get('evalue')}", file=stdout)
         print(f"report: {run.report if run.report.exists() else 'none'}", file=stdout)
-    return 0 if run.ok else 1
+    code, why = exit_code(run.ok, run.metrics, strict)
+    if why:
+        print(f"retrain: {why}", file=stderr)
+    return code
+
+GATES_FAILED = 5   # exit code of a strict run in which an instrument failed its gates
+
+def exit_code(ok: bool, metrics: dict, strict: bool = False) -> tuple[int, str]:
+    "The exit code of a retrain and why: 1 when the run failed; with `strict`, `GATES_FAILED` when a gate failed."
+    if not ok:
+        return 1, "the run failed: production unchanged"
+    failed = [s for s, d in (metrics.get("symbols") or {}).items() if not d.get("passed")]
+    if strict and failed:
+        return GATES_FAILED, f"gates failed for {', '.join(failed)}: not deployed, production unchanged for them"
+    return 0, ""

@@ -25,7 +25,7 @@ REGIMES = (Regime.BEAR, Regime.NEUTRAL, Regime.BULL, Regime.CRISIS)
 # %% auto #0
 __all__ = ['REGIMES', 'DEFAULT_REGIME_FRACTIONS', 'SignalConfig', 'SignalTracker', 'track_signals', 'KellyConfig',
            'regime_fraction', 'expected_return', 'kelly_target', 'rebalance', 'CascadeConfig', 'choose_tier',
-           'SizingDecision', 'Sizer', 'signal_frame', 'kelly_positions', 'plot_positions']
+           'SizingDecision', 'Sizer', 'signal_frame', 'frame_from_predictions', 'kelly_positions', 'plot_positions']
 
 # %% ../nbs/31_sizing.ipynb #144d565e
 class SignalConfig(_Strict):
@@ -407,7 +407,7 @@ class Sizer:
         return SizingDecision(self.symbol, utc(time) if time is not None else None, tier, float(new), float(raw), kelly, rl,
                               position, traded, f"{tier.value}: {why}{note}; {band}", signal, confidence, ic, sigma, alpha, regime)
 
-# %% ../nbs/31_sizing.ipynb #6aef0027
+# %% ../nbs/31_sizing.ipynb #bd8ae5a6
 def signal_frame(md,                          # `MarketData`
                  symbol: str,
                  until=None,                  # data known by this time (default: all)
@@ -432,19 +432,32 @@ def signal_frame(md,                          # `MarketData`
         rows = y.index[max(0, first - cfg.selection.train_bars):first]
         features = boruta(x_all.loc[rows], y.loc[rows], cfg.selection, symbol=symbol).selected
     preds, _ = walk_forward_variants(x_all.loc[:, list(features)], y, symbol, cfg, returns=r1)
+    frame = frame_from_predictions(view, symbol, preds, "full", signal_config, regimes, regime_refit, cfg.bar_interval)
+    frame.attrs.update(symbol=symbol, features=list(features), until=iso(until) if until is not None else None)
+    return frame
+
+def frame_from_predictions(view,                         # `MarketData` known at the end of the predictions
+                           symbol: str,
+                           preds: pd.DataFrame,          # walk-forward predictions: `window`, `returns` and `column`
+                           column: str = "full",         # which variant's predictions
+                           signal_config: SignalConfig = SignalConfig(),
+                           regimes: bool = True,
+                           regime_refit: str = "28D",
+                           bar_interval: str = "4h",
+                           ) -> pd.DataFrame:
+    "The signal frame of out-of-sample predictions: their signal state, realised returns and regime probabilities."
     bars = view.bars(symbol)
     own = np.log(bars["close"] / bars["close"].shift(1)).reindex(preds.index)   # each bar's own return, known at its close
-    state = track_signals(preds["full"], own, signal_config)
-    frame = pd.DataFrame({"prediction": preds["full"], "window": preds["window"]}).join(state)
+    state = track_signals(preds[column], own, signal_config)
+    frame = pd.DataFrame({"prediction": preds[column], "window": preds["window"]}).join(state)
     frame["ret"] = preds["returns"]
     if regimes:
         from trade_matrix.regime import walk_forward_regimes
-        probs = walk_forward_regimes(view, symbol, frame.index[0], frame.index[-1] + pd.Timedelta(cfg.bar_interval),
+        probs = walk_forward_regimes(view, symbol, frame.index[0], frame.index[-1] + pd.Timedelta(bar_interval),
                                      refit_every=regime_refit)
         probs = probs[[r.value for r in REGIMES]].reindex(frame.index)
         for r in REGIMES:
             frame[f"p_{r.value}"] = probs[r.value].to_numpy()
-    frame.attrs.update(symbol=symbol, features=list(features), until=iso(until) if until is not None else None)
     return frame
 
 def kelly_positions(frame: pd.DataFrame,              # a `signal_frame`
