@@ -196,6 +196,7 @@ def test_weekly_retraining_is_out_of_sample_and_keeps_parity(md):
     assert (log["until"] <= log["time"]).all() and len(log) == 2 * 3
     ids = {sched.at(t)["BTCUSDT"].model_id for t in sched.starts}
     assert len(ids) == 3                                             # a new model each week
+    assert len(sched.regimes) == 3 and sched.regimes[1]["BTCUSDT"] is not sched.regimes[0]["BTCUSDT"]
     res = replay(md, SYMBOLS, START, end, sched, CFG)
     served = res.decisions["time"].map(lambda t: sched.at(t)["BTCUSDT"].model_id)
     assert served.nunique() == 3
@@ -220,3 +221,16 @@ def test_rl_policy_in_the_cascade_keeps_parity(md, models, regimes):
     assert (res.drawdown > 0).any()
     report, bt = research_parity(md, res, models)
     assert report.passed, report
+
+
+def test_use_regimes_restarts_each_filter_on_the_refitted_model(md, models, regimes):
+    from trade_matrix.replay import DecisionPath
+    path = DecisionPath(SYMBOLS, models, CFG, regime_models=regimes)
+    week = START + pd.Timedelta("7D")
+    new = fit_regime_models(md, SYMBOLS, week, CFG.regime)
+    history = {s: md.as_of(week).bars(s)[["close"]] for s in SYMBOLS}
+    path.use_regimes(new, history)
+    for s in SYMBOLS:
+        f = path.filters[s]
+        assert f.model is new[s] and f.model is not regimes[s]
+        assert abs(sum(f.probabilities.values()) - 1) < 1e-9 and f.n_updates > 100   # warmed up on what was known

@@ -105,7 +105,7 @@ class CompiledTrees:
             node = np.where(np.isnan(v), self._miss[node], nxt)
         return self.base + np.bincount(self._owner, weights=self._leaf[node], minlength=len(self.symbols))
 
-# %% ../nbs/41_replay.ipynb #d1dd2b79
+# %% ../nbs/41_replay.ipynb #d186d236
 class ReplayConfig(_Strict):
     "What the replayed trader is configured with."
     history_bars: int = Field(1500, ge=200)       # bars before `start` the features are computed from (batch and live alike)
@@ -124,6 +124,7 @@ class ReplayConfig(_Strict):
     risk: RiskConfig = RiskConfig()
     breaker: BreakerConfig = BreakerConfig()
     regime: RegimeConfig = RegimeConfig()
+    regime_warm_bars: int = Field(1500, ge=10)    # bars a refitted regime model's filter is warmed up over
 
     @property
     def cost(self) -> CostConfig:
@@ -167,6 +168,7 @@ class ModelSchedule:
     starts: list[pd.Timestamp]                  # increasing; the first serves everything before it too (warm-up)
     models: list[dict]                          # symbol -> TreeModel or None, one mapping per start
     log: pd.DataFrame | None = None             # how each entry came about (the weekly retraining record)
+    regimes: list[dict] | None = None           # symbol -> RegimeModel refitted at each start (None: fitted once)
 
     def __post_init__(self):
         self.starts = [utc(t) for t in self.starts]
@@ -175,16 +177,21 @@ class ModelSchedule:
                              f"and {len(self.models)} mappings")
         if any(b <= a for a, b in zip(self.starts, self.starts[1:])):
             raise ModelError(f"model schedule starts must increase: {[iso(t) for t in self.starts]}")
+        if self.regimes is not None and len(self.regimes) != len(self.starts):
+            raise ModelError(f"a model schedule needs one regime mapping per start, got {len(self.regimes)}")
 
     @classmethod
     def fixed(cls, models: Mapping, start) -> ModelSchedule:
         "One set of models for the whole period."
         return cls([utc(start)], [dict(models)])
 
+    def index(self, t) -> int:
+        "The entry serving the bar opening at `t`."
+        return max(0, int(np.searchsorted(np.array([x.value for x in self.starts]), utc(t).value, side="right")) - 1)
+
     def at(self, t) -> dict:
         "The models serving the bar opening at `t`."
-        k = max(0, int(np.searchsorted(np.array([x.value for x in self.starts]), utc(t).value, side="right")) - 1)
-        return self.models[k]
+        return self.models[self.index(t)]
 
     def all_models(self) -> list:
         "Every distinct model in the schedule."
@@ -202,7 +209,7 @@ def as_schedule(models, start) -> ModelSchedule:
     "A `ModelSchedule` from a schedule or a plain symbol -> model mapping."
     return models if isinstance(models, ModelSchedule) else ModelSchedule.fixed(models, start)
 
-# %% ../nbs/41_replay.ipynb #5493e2cc
+# %% ../nbs/41_replay.ipynb #e6689b34
 NO_MODEL = "NO_MODEL"
 
 class DecisionPath:
@@ -263,6 +270,13 @@ class DecisionPath:
         xgb = {s: m for s, m in new.items() if m is not None and m.kind == "xgboost"}
         self.compiled = CompiledTrees(xgb, self.names) if xgb else None
         self._row = {s: i for i, s in enumerate(xgb)}
+
+    def use_regimes(self, regime_models: Mapping[str, RegimeModel], history: Mapping[str, pd.DataFrame]) -> None:
+        "Refitted regime models: each filter restarts on the new model, warmed up over the bars known so far."
+        for s, m in regime_models.items():
+            if s in self.filters and s in history:
+                self.filters[s] = RegimeFilter.from_bars(m, history[s], self.config.regime_warm_bars,
+                                                         self.config.features.bar_interval)
 
     # --- outside inputs -----------------------------------------------------------------------------
     def on_funding(self, symbol: str, ts, rate: float) -> None:
@@ -395,7 +409,7 @@ class DecisionPath:
         self.decisions += out
         return out
 
-# %% ../nbs/41_replay.ipynb #c1cc7d56
+# %% ../nbs/41_replay.ipynb #3b646473
 @dataclass
 class ReplayResult:
     "What the replayed trader did: positions, equity, fills, funding and every decision."
@@ -492,6 +506,8 @@ def replay(md,                                       # `MarketData` (only what i
     schedule = as_schedule(models, start)
     active = schedule.symbols_with_models(symbols)
     t0 = _time.perf_counter()
+    if regime_models is None and schedule.regimes is not None:
+        regime_models = schedule.regimes[schedule.index(start)]
     if regime_models is None:
         regime_models = fit_regime_models(md, active, start, config.regime) if config.regimes and active else {}
     if weights is None:
@@ -531,6 +547,9 @@ def replay(md,                                       # `MarketData` (only what i
         if trading and schedule.at(t) is not serving:      # the weekly update: new models from this bar on
             serving = schedule.at(t)
             path.use_models(serving)
+            if schedule.regimes is not None and config.regimes:   # and the regime models refitted with them
+                path.use_regimes(schedule.regimes[schedule.index(t)],
+                                 {s: _known_closes(grid, arr[s], i) for s in path.filters})
         if trading:
             path.on_bar_open(t, {s: b[0] for s, b in bars.items()}, funding_at.get(t.value))
             pos = ex.positions
@@ -567,6 +586,11 @@ def replay(md,                                       # `MarketData` (only what i
                         pd.Series(brk, index=idx, name="breaker"), pd.Series(path.weights, name="weight"),
                         dict(regime_models), ex, timings, schedule, dict(policies or {}))
 
+def _known_closes(grid: pd.DatetimeIndex, a: tuple, i: int) -> pd.DataFrame:
+    "A symbol's closes of the bars before bar `i` of the replay grid (the ones known at its open)."
+    present = a[0][:i]
+    return pd.DataFrame({"close": a[4][:i][present]}, index=grid[:i][present])
+
 def _feed_only(path: DecisionPath, t, bars) -> None:
     "A bar before the decision warm-up: features and the regime filter only (no prediction)."
     ref = path._ref
@@ -582,7 +606,7 @@ def _feed_only(path: DecisionPath, t, bars) -> None:
     for s, b in bars.items():
         path.prev_close[s] = b[3]
 
-# %% ../nbs/41_replay.ipynb #335a69a8
+# %% ../nbs/41_replay.ipynb #53f54524
 @dataclass
 class BatchTargets:
     "The research path's decisions: target weights (fraction of equity) per bar, tiers and regimes."
@@ -632,11 +656,14 @@ def batch_targets(md, symbols: list[str], start, end,
     step = config.interval
     schedule = as_schedule(models, start)
     active = schedule.symbols_with_models(symbols)
+    if regime_models is None and schedule.regimes is not None:
+        regime_models = schedule.regimes[schedule.index(start)]
     if regime_models is None:
         regime_models = fit_regime_models(md, active, start, config.regime) if config.regimes and active else {}
     if weights is None:
         weights = allocation_weights(md, list(symbols), start, config)
     view = _window(md.as_of(end), start - config.history_bars * step)
+    refit = schedule.regimes is not None
     warm = start - config.warmup_bars * step
     targets, tiers, regimes, signals = {}, {}, {}, {}
     for s in symbols:
@@ -656,7 +683,13 @@ def batch_targets(md, symbols: list[str], start, end,
         probs = pd.DataFrame(index=idx, columns=[r.value for r in REGIMES], dtype="float64")
         if config.regimes and s in regime_models:
             f = RegimeFilter(regime_models[s])
+            k_now = schedule.index(start)
             for t, c in zip(bars.index, bars["close"].to_numpy(dtype="float64")):
+                if refit and t >= start and schedule.index(t) != k_now:   # the weekly refit, as the live path swaps it
+                    k_now = schedule.index(t)
+                    if s in schedule.regimes[k_now]:
+                        f = RegimeFilter.from_bars(schedule.regimes[k_now][s], bars.loc[bars.index < t, ["close"]],
+                                                   config.regime_warm_bars, config.features.bar_interval)
                 f.observe_bar(t, c, config.features.bar_interval)
                 if t >= start:
                     probs.loc[t] = [f.probabilities[r] for r in REGIMES]
@@ -799,7 +832,7 @@ def research_parity(md, result: ReplayResult,
                        result.weights, breaker=result.breaker, policies=result.policies, drawdown=result.drawdown)
     return parity_check(result, bt, md=md, **tolerances), bt
 
-# %% ../nbs/41_replay.ipynb #ba83ff6a
+# %% ../nbs/41_replay.ipynb #1d36fbe3
 class WeeklyConfig(_Strict):
     "The weekly update replayed inside a backtest."
     every: str = "7D"                                    # time between updates
@@ -807,6 +840,8 @@ class WeeklyConfig(_Strict):
     transfer_trees: tuple[int, ...] = (50, 150, 250)     # the transfer grid (production: 50..250 by 50)
     ignore_gates: bool = False                           # research only: serve every update, passed or not
     n_jobs: int = Field(1, ge=1)                         # instruments trained in parallel
+    refit_regimes: bool = True                           # refit each instrument's regime model every week too
+    regime: RegimeConfig = RegimeConfig()                # how (the replay's `ReplayConfig.regime` by default)
 
 def _update_one(md, symbol, w, production, config, features):
     from trade_matrix.models import train_instrument
@@ -842,9 +877,13 @@ def weekly_schedule(md, symbols: list[str], start, end,
         rows.append({"time": start, "symbol": s, "until": r.until, "variant": r.variant, "passed": r.passed,
                      "deployed": serving[s] is not None, "ic": r.decision.ic, "sharpe": r.decision.sharpe,
                      "model_id": r.model.model_id, "reason": r.reason, "seconds": r.timings.get("total_s", float("nan"))})
-    starts, models = [start], [dict(serving)]
-    weeks = pd.date_range(start, end, freq=weekly.every, inclusive="left")[1:]
     todo = [s for s in symbols if s in features]
+
+    def fit(w):   # the regime models production would refit that week, on the daily returns known then
+        return fit_regime_models(md, todo, w, weekly.regime) if weekly.refit_regimes else None
+
+    starts, models, regimes = [start], [dict(serving)], [fit(start)]
+    weeks = pd.date_range(start, end, freq=weekly.every, inclusive="left")[1:]
     import joblib
     with joblib.Parallel(n_jobs=min(weekly.n_jobs, max(1, len(todo))), backend="loky") as par:
         for w in weeks:
@@ -860,6 +899,7 @@ def weekly_schedule(md, symbols: list[str], start, end,
             rows += week
             starts.append(w)
             models.append(dict(serving))
+            regimes.append(fit(w))
             if progress is not None:
                 progress(w, week)
-    return ModelSchedule(starts, models, pd.DataFrame(rows))
+    return ModelSchedule(starts, models, pd.DataFrame(rows), regimes if weekly.refit_regimes else None)
