@@ -29,7 +29,7 @@ __all__ = ['app', 'data_app', 'out', 'err', 'DataDir', 'JsonFlag', 'StoreUrl', '
            'train_cmd', 'models_list', 'models_show', 'models_promote', 'models_rollback', 'models_load', 'regime_cmd',
            'rl_train', 'backtest_cmd', 'parity_cmd', 'retrain_cmd', 'demo', 'main']
 
-# %% ../nbs/69_cli.ipynb #bb39a79c
+# %% ../nbs/69_cli.ipynb #b926e7b6
 app = typer.Typer(help="Trade-Matrix: research-to-production ML/RL crypto trading.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Market data: check, fetch, backfill, import and export.", no_args_is_help=True)
@@ -45,13 +45,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable J
 def _settings(data_dir: Path | None = None):
     return load_settings(overrides={"data": {"data_dir": str(data_dir)}} if data_dir else None)
 
-def _market_for(s, symbol: str, interval: str = "4h"):
-    "Market data for `symbol` plus whichever cross-asset reference symbols the data folder has."
+def _market_for(s, symbol: str | list[str], interval: str = "4h"):
+    "Market data for `symbol` (or several) plus whichever cross-asset reference symbols the data folder has."
     from trade_matrix.data import load_market_data
     from trade_matrix.features import FeatureConfig
+    symbols = [symbol] if isinstance(symbol, str) else list(symbol)
     have = DataCatalog(s.data.data_dir).keys()
-    refs = [r for r in FeatureConfig().reference_symbols if r in have and r != symbol]
-    return load_market_data(s.data.data_dir, [symbol] + refs, interval)
+    refs = [r for r in FeatureConfig().reference_symbols if r in have and r not in symbols]
+    return load_market_data(s.data.data_dir, symbols + refs, interval)
 
 # %% ../nbs/69_cli.ipynb #a8f9cbd5
 @data_app.command("check")
@@ -450,17 +451,15 @@ def rl_train(symbol: Symbol,
     out.print(f"out of sample {doc['test_from']} .. {doc['test_to']} (net of costs):")
     out.print(table.round(3).to_string())
 
-# %% ../nbs/69_cli.ipynb #584acd6b
+# %% ../nbs/69_cli.ipynb #5b6c5156
 Symbols = Annotated[str, typer.Option("--symbols", help="comma-separated symbols")]
 
 def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_until: str | None, ignore_gates: bool,
                   retrain: str = "weekly"):
     "Train at `train_until` (then weekly), replay and research-backtest [start, end); returns everything the commands print."
-    from trade_matrix.backtest import BacktestConfig, check_out_of_sample, research_backtest
-    from trade_matrix.data import load_market_data
-    from trade_matrix.features import FeatureConfig
+    from trade_matrix.backtest import check_out_of_sample
     from trade_matrix.models import train_instrument
-    from trade_matrix.replay import ReplayConfig, WeeklyConfig, next_returns, replay, research_parity, weekly_schedule
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay
     if retrain not in ("weekly", "none"):
         raise ConfigError(f"--retrain must be weekly or none, got {retrain!r}")
     s = _settings(data_dir)
@@ -473,8 +472,7 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
     missing = [x for x in syms if x not in have]
     if missing:
         raise DataError(f"unknown symbol(s) {missing}: {s.data.data_dir} has {sorted(have)}")
-    refs = [r for r in FeatureConfig().reference_symbols if r in have and r not in syms]
-    md = load_market_data(s.data.data_dir, syms + refs, s.data.bar_interval)
+    md = _market_for(s, syms, s.data.bar_interval)
     last = max(md.bars(x).index[-1] for x in syms) + interval
     if t1 > last:
         raise DataError(f"--to {iso(t1)} is after the end of the data ({iso(last)})")
@@ -489,19 +487,12 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
                          "gates": r.decision.to_dict(), "model_id": r.model.model_id}
         err.print(f"{sym}: gates {'passed' if r.passed else 'failed'}; {'deployed' if deploy else 'stays flat'}")
     timings["training_s"] = time.perf_counter() - t
-    weekly = WeeklyConfig(ignore_gates=ignore_gates, n_jobs=min(2, len(syms)))
+    weekly = WeeklyConfig(ignore_gates=ignore_gates, n_jobs=min(2, len(syms)),
+                          every=WeeklyConfig().every if retrain == "weekly" else None)
+    t = time.perf_counter()
+    schedule = _weekly(md, syms, t0, t1, initial, None, weekly)
     if retrain == "weekly":
-        t = time.perf_counter()
-        done = []
-        with err.status(f"weekly retraining over {iso(t0)} .. {iso(t1)}") as status:
-            def progress(w, rows):
-                done.append(w)
-                status.update(f"weekly retraining: week of {iso(w)} done ({len(done)}), "
-                              f"{sum(x['deployed'] for x in rows)}/{len(rows)} deployed")
-            schedule = weekly_schedule(md, syms, t0, t1, initial, weekly=weekly, progress=progress)
         timings["weekly_training_s"] = time.perf_counter() - t
-    else:
-        schedule = weekly_schedule(md, syms, t0, t0 + pd.Timedelta(weekly.every), initial, weekly=weekly)  # no updates
     log = schedule.log
     for sym in syms:
         rows = log[(log["symbol"] == sym) & (log["time"] > t0)]
@@ -513,16 +504,35 @@ def _backtest_run(symbols: str, start: str, end: str | None, data_dir, train_unt
     timings["replay_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with err.status("research backtest and parity"):
-        parity, bt = research_parity(md, result)
-        view = md.as_of(t1)
-        cfg = result.config
-        research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
-                                     funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
-                                     trained_until={x: cut - interval for x in syms}, breaker=result.breaker,
-                                     risk=cfg.risk, breaker_config=cfg.breaker,
-                                 predictions=bt.predictions, labels=next_returns(view, syms, bt.targets.index))
+        parity, research = _research(md, result, {x: cut - interval for x in syms})
     timings["research_s"] = time.perf_counter() - t
     return md, result, research, parity, training, timings
+
+def _weekly(md, syms, t0, t1, initial, train_config, weekly):
+    "`weekly_schedule` over [t0, t1) with its progress on stderr."
+    from trade_matrix.replay import weekly_schedule
+    if not weekly.every:
+        return weekly_schedule(md, syms, t0, t1, initial, train_config, weekly)
+    done = []
+    with err.status(f"weekly retraining over {iso(t0)} .. {iso(t1)}") as status:
+        def progress(w, rows):
+            done.append(w)
+            status.update(f"weekly retraining: week of {iso(w)} done ({len(done)}), "
+                          f"{sum(x['deployed'] for x in rows)}/{len(rows)} passed and deployed")
+        return weekly_schedule(md, syms, t0, t1, initial, train_config, weekly, progress=progress)
+
+def _research(md, result, trained_until: dict):
+    "The research side of a replay: batch targets, the parity check, and the research backtest with its report data."
+    from trade_matrix.backtest import BacktestConfig, research_backtest
+    from trade_matrix.replay import next_returns, research_parity
+    parity, bt = research_parity(md, result)
+    syms, view, cfg = result.symbols, md.as_of(result.end), result.config
+    research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
+                                 funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
+                                 trained_until=trained_until, breaker=result.breaker, risk=cfg.risk,
+                                 breaker_config=cfg.breaker, predictions=bt.predictions,
+                                 labels=next_returns(view, syms, bt.targets.index))
+    return parity, research
 
 def _parity_doc(parity) -> dict:
     return {"passed": parity.passed, "engine": parity.engine, "bars": parity.bars,
@@ -613,7 +623,7 @@ def retrain_cmd(ctx: typer.Context,
     if code:
         raise typer.Exit(code)
 
-# %% ../nbs/69_cli.ipynb #4936a69f
+# %% ../nbs/69_cli.ipynb #ea2e2884
 def _data_summary(s) -> None:
     t0 = time.perf_counter()
     rep = data_report(s.data.data_dir, s.data.gaps.minor_max_bars, s.data.bar_interval)
@@ -633,8 +643,8 @@ def demo(data_dir: DataDir = None,
          runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where the run folder is created")] = Path("runs"),
          data_only: Annotated[bool, typer.Option("--data-only", help="only the data report")] = False):
     "The main job on the embedded default: data report, retrain, weekly-retrained out-of-sample replay, report."
-    from trade_matrix.backtest import BacktestConfig, new_run_dir, research_backtest, write_report
-    from trade_matrix.replay import ReplayConfig, WeeklyConfig, next_returns, replay, research_parity, weekly_schedule
+    from trade_matrix.backtest import new_run_dir, write_report
+    from trade_matrix.replay import ReplayConfig, WeeklyConfig, replay
     from trade_matrix.retrain import RetrainParams, run_steps
     s = _settings(data_dir)
     out.rule("1/4 data")
@@ -654,11 +664,7 @@ def demo(data_dir: DataDir = None,
         err.print(f"  {name:<9} {st.seconds:6.1f}s")
     out.print(steps["gates"].table.round(4).to_string() if len(steps["gates"].table) else "(no gates table)")
     retrain_s = time.perf_counter() - tic
-    from trade_matrix.data import load_market_data
-    from trade_matrix.features import FeatureConfig
-    have = DataCatalog(s.data.data_dir).keys()
-    refs = [r for r in FeatureConfig().reference_symbols if r in have and r not in syms]
-    md = load_market_data(s.data.data_dir, syms + refs, s.data.bar_interval)   # all of it: the replay feeds it in time
+    md = _market_for(s, syms, s.data.bar_interval)   # all of it: the replay feeds it in time
     last = min(md.bars(x).index[-1] for x in syms) + pd.Timedelta(s.data.bar_interval)
     t1 = min(t0 + pd.DateOffset(months=months), last)
     if t1 <= t0 + pd.Timedelta("7D"):
@@ -666,14 +672,7 @@ def demo(data_dir: DataDir = None,
     initial = steps["training"].outputs["results"]
     out.rule(f"3/4 out-of-sample replay {iso(t0)} .. {iso(t1)} with weekly retraining")
     tic = time.perf_counter()
-    done = []
-    with err.status("weekly retraining") as status:
-        def progress(w, rows):
-            done.append(w)
-            status.update(f"weekly retraining: week of {iso(w)} ({len(done)}), "
-                          f"{sum(x['deployed'] for x in rows)}/{len(rows)} passed and deployed")
-        schedule = weekly_schedule(md, syms, t0, t1, initial, params.train_config(),
-                                   WeeklyConfig(n_jobs=min(2, len(syms))), progress=progress)
+    schedule = _weekly(md, syms, t0, t1, initial, params.train_config(), WeeklyConfig(n_jobs=min(2, len(syms))))
     weekly_s = time.perf_counter() - tic
     policies = {}
     if rl:
@@ -688,15 +687,7 @@ def demo(data_dir: DataDir = None,
     replay_s = time.perf_counter() - tic
     out.rule("4/4 research backtest, parity and report")
     tic = time.perf_counter()
-    parity, bt = research_parity(md, result)
-    view = md.as_of(t1)
-    cfg = result.config
-    research = research_backtest({x: view.bars(x) for x in syms}, bt.targets, BacktestConfig(),
-                                 funding={x: view.funding(x) for x in syms}, tiers=bt.tiers, regimes=bt.regimes,
-                                 trained_until={x: r.until - pd.Timedelta(s.data.bar_interval) for x, r in initial.items()},
-                                 breaker=result.breaker, risk=cfg.risk, breaker_config=cfg.breaker,
-                                 predictions=bt.predictions, labels=next_returns(view, syms, bt.targets.index))
-    (run / "backtest").mkdir(exist_ok=True)
+    parity, research = _research(md, result, {x: r.until - pd.Timedelta(s.data.bar_interval) for x, r in initial.items()})
     report = write_report(research, run / "backtest", title=f"Demo: {', '.join(syms)} out of sample {iso(t0)} .. {iso(t1)}")
     schedule.log.to_csv(run / "backtest" / "model_updates.csv", index=False)
     research_s = time.perf_counter() - tic

@@ -23,8 +23,8 @@ __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatri
            'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode', 'Regime',
            'SizingTier', 'BreakerState', 'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig',
            'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings',
-           'to_decimal', 'InstrumentSpec', 'instrument', 'sha256_file', 'replace_folder', 'write_artifact_folder',
-           'read_folder_meta', 'verify_folder_files']
+           'to_decimal', 'InstrumentSpec', 'instrument', 'parallel_map', 'sha256_file', 'replace_folder',
+           'write_artifact_folder', 'read_folder_meta', 'verify_folder_files']
 
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -327,7 +327,16 @@ def instrument(symbol: str) -> InstrumentSpec:
     except KeyError:
         raise ConfigError(f"no instrument rules for {symbol!r}; known: {sorted(INSTRUMENTS)}") from None
 
-# %% ../nbs/00_core.ipynb #802fb7ef
+# %% ../nbs/00_core.ipynb #e8560bd9
+def parallel_map(fn, items: list, n_jobs: int) -> list:
+    "[fn(item) for item in items], one process per item (loky) when n_jobs > 1, in order."
+    n = min(max(1, int(n_jobs)), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    from joblib import Parallel, delayed
+    return Parallel(n_jobs=n, backend="loky")(delayed(fn)(x) for x in items)
+
+# %% ../nbs/00_core.ipynb #53c9a41c
 import hashlib
 import json
 import shutil
