@@ -3,6 +3,7 @@
 Targets (issue 3): batch for BTC, ETH, SOL under 1 s; incremental update under 200 us per bar per symbol.
 Run: `python benchmarks/bench_features.py`.
 """
+import os
 import statistics
 import time
 
@@ -12,6 +13,7 @@ from trade_matrix.data import load_market_data
 from trade_matrix.features import IncrementalFeatures, build_graph, compute_features
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+print(f"load average {os.getloadavg()[0]:.2f} (the machine may be shared: times scale with it)")
 md = load_market_data(symbols=SYMBOLS)
 graph = build_graph()
 t = time.perf_counter()

@@ -1,8 +1,9 @@
 """Benchmark: Boruta feature selection on the bundled 4h data for BTCUSDT, ETHUSDT and SOLUSDT.
 
 Times feature computation and Boruta per symbol (default SelectionConfig: LightGBM, 100 trees of depth 4, up to 50
-iterations, trailing 4,000 labelled bars), prints the chosen features with their Boruta decisions, and checks
-stability across seeds (overlap of the selected lists). Run: `python benchmarks/bench_selection.py [--estimator xgboost]
+iterations, shadow bar at the 90th percentile, rough fix of the tentative, trailing 4,000 labelled bars), prints the
+counts confirmed / tentative / accepted by the rough fix / padded and the chosen features with their Boruta
+decisions, and checks stability across seeds (overlap of the selected lists). Run: `python benchmarks/bench_selection.py [--estimator xgboost]
 [--seeds 7 8 9] [--until 2025-01-01]`.
 """
 import argparse
@@ -36,6 +37,8 @@ for symbol in SYMBOLS:
     total += r.elapsed_s + r.features_s
     print(f"{symbol}: {len(r.selected)} selected in {r.elapsed_s:.2f} s Boruta + {r.features_s:.2f} s features "
           f"({r.n_iterations} iterations, {r.n_rows} rows {r.train_start:%Y-%m-%d} .. {r.train_end:%Y-%m-%d})")
+    print(f"  confirmed {len(r.confirmed)}, tentative {len(r.tentative)} (rough fix accepted {len(r.roughly_fixed)}), "
+          f"rejected {len(r.rejected)}, padded {len(r.filled)}" + (f" ({', '.join(r.filled)})" if r.filled else ""))
     print(f"  {r.rule}")
     for i, name in enumerate(r.selected, 1):
         print(f"  {i:2d}. {name:28s} {r.decisions[name].value:10s} hits {int(r.hits[name]):3d}/{int(r.importance_history[name].notna().sum()):<3d}"
@@ -44,7 +47,11 @@ for symbol in SYMBOLS:
         base = set(r.selected)
         overlaps = [len(base & set(o.selected)) / len(base | set(o.selected)) for o in runs[1:]]
         times = ", ".join(f"{o.elapsed_s:.2f}" for o in runs)
+        counts = "; ".join(f"seed {sd}: {len(o.confirmed)}+{len(o.roughly_fixed)}+{len(o.filled)} -> {len(o.selected)}"
+                           for sd, o in zip(args.seeds, runs))
         print(f"  other seeds: Jaccard overlap with seed {args.seeds[0]}: "
               f"{', '.join(f'{x:.2f}' for x in overlaps)}; Boruta seconds per seed: {times}")
+        print(f"  confirmed + rough-fixed + padded -> selected: {counts}")
     print()
-print(f"total for {len(SYMBOLS)} symbols (first seed): {total:.1f} s")
+import os
+print(f"total for {len(SYMBOLS)} symbols (first seed): {total:.1f} s; load average {os.getloadavg()[0]:.2f}")

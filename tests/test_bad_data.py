@@ -19,10 +19,14 @@ def write(folder: Path, name: str, body: str):
 @pytest.mark.parametrize("body, message", [
     (HEADER + "2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n2024-01-01T01:00:00Z,1,2,0.5,1.5,oops\n",
      "line 3 (2024-01-01T01:00:00Z): volume is 'oops'; expected a finite number"),
-    (HEADER + "2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n2024-01-01T01:17:00Z,1,2,0.5,1.5,10\n", "2024-01-01T01:17:00Z is off the 1h grid"),
+    (HEADER + "2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n2024-01-01T01:17:00Z,1,2,0.5,1.5,10\n",
+     "line 3: timestamp 2024-01-01T01:17:00Z is off the 1h grid"),
+    (HEADER + "2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n2024-01-01T01:00:00Z,1,2,0.5,1.5\n",
+     "line 3: 5 fields, expected 6 (timestamp,open,high,low,close,volume)"),
     (HEADER + "2024-01-01T00:00:00Z,-1,2,0.5,1.5,10\n", "line 2 (2024-01-01T00:00:00Z): prices must be positive"),
     (HEADER + "2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n2024-01-01T00:00:00Z,1,2,0.5,1.6,10\n", "conflicting duplicate bars at 2024-01-01T00:00:00Z (line 2 and line 3)"),
-    (HEADER + "2024-01-01T01:00:00Z,1,2,0.5,1.5,10\n2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n", "not strictly increasing at 2024-01-01T00:00:00Z"),
+    (HEADER + "2024-01-01T01:00:00Z,1,2,0.5,1.5,10\n2024-01-01T00:00:00Z,1,2,0.5,1.5,10\n",
+     "line 3: timestamps not strictly increasing at 2024-01-01T00:00:00Z"),
     (HEADER + "2024-01-01 00:00:00,1,2,0.5,1.5,10\n", "line 2: timestamp '2024-01-01 00:00:00' is not marked UTC"),
     (HEADER + "2024-01-01T00:00:00Z,1,2,1.6,1.5,10\n", "low is above open or close"),
 ])
@@ -32,6 +36,15 @@ def test_malformed_bar_file_names_file_line_and_expectation(tmp_path, body, mess
         data_report(tmp_path)
     assert "binance_BADUSDT_1h.csv.gz" in str(e.value)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"", gzip.compress(b"")], ids=["zero-byte file", "gzip of nothing"])
+def test_empty_file_is_a_data_error_naming_the_file_and_the_header_expected(tmp_path, content):
+    (tmp_path / "binance_EMPTYUSDT_1h.csv.gz").write_bytes(content)
+    with pytest.raises(DataError) as e:
+        data_report(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'binance_EMPTYUSDT_1h.csv.gz'}: the file is empty (no header line); "
+                            "expected a header timestamp,open,high,low,close,volume and one row per 1h ohlcv row")
 
 
 def test_identical_duplicates_are_dropped_and_counted(tmp_path):

@@ -1,5 +1,6 @@
 """`tm data` end to end: loopback exchanges speaking the real wire formats, the embedded store, and files."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -96,3 +97,35 @@ def test_exchange_failure_exits_3_with_a_clear_message(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 3, r.stderr
     assert "ExchangeError" in r.stderr and "SOLUSDT" in r.stderr and "Invalid period!" in r.stderr
+
+
+def one_line(text: str) -> str:
+    "A usage message as one line, without the box rich draws around it."
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize("threshold", ["0", "-2"])
+def test_check_refuses_a_gap_threshold_below_one_as_a_usage_error(threshold):
+    res = runner.invoke(app, ["data", "check", "--symbols", "SOLUSDT", "--minor-max-bars", threshold, "--json"])
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert f"Invalid value for --minor-max-bars: {threshold}: Input should be greater than or equal to 1" in one_line(res.stderr)
+
+
+def test_check_applies_a_valid_gap_threshold_instead_of_the_default():
+    default = tm("data", "check", "--symbols", "SOLUSDT", "--json")["series"][0]["gaps"]
+    strict = tm("data", "check", "--symbols", "SOLUSDT", "--minor-max-bars", "1", "--json")["series"][0]["gaps"]
+    assert strict["episodes"] == default["episodes"] > 0
+    assert strict["minor"] == sum(g["missing_bars"] <= 1 for g in strict["list"])
+    assert default["minor"] == sum(g["missing_bars"] <= 4 for g in default["list"])
+    assert strict["minor"] < default["minor"]
+
+
+def test_check_usage_error_exits_2_through_the_console_script():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "from trade_matrix.cli import main; main()", "data", "check", "--symbols",
+                        "SOLUSDT", "--minor-max-bars", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Invalid value for --minor-max-bars: 0" in one_line(r.stderr) and r.stdout == ""

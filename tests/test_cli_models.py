@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from test_models import planted_bars
-from trade_matrix.cli import app
+from trade_matrix.cli import app, main
 from trade_matrix.core import SeriesKind
 from trade_matrix.data import write_data_file
 
@@ -25,45 +25,88 @@ def tm(*args):
     return res.stdout
 
 
+TRAIN_KEYS = {"symbol", "run_id", "version", "gates", "promoted"}
+GATE_KEYS = {"ic", "hit_rate", "sharpe", "p_value", "passed"}
+
+
+def train_json(*args) -> dict:
+    "`tm train ... --json` parsed strictly (NaN is not JSON), checked against the exact contract."
+    text = tm("train", *args, "--json")
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"tm train --json printed {c}, which is not JSON"))
+    assert set(doc) == TRAIN_KEYS
+    assert set(doc["gates"]) == GATE_KEYS
+    return doc
+
+
 def test_train_prints_the_contract_and_deploys_a_passing_model_then_placebo_moves_nothing(home):
     tmp, data = home
-    doc = json.loads(tm("train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01", "--json"))
-    assert {"symbol", "run_id", "version", "gates", "promoted"} <= set(doc)
-    assert set(doc["gates"]) == {"ic", "hit_rate", "sharpe", "p_value", "passed"}
-    assert doc["symbol"] == "BTCUSDT" and doc["version"] == 1 and doc["variant"] == "full"
-    assert doc["gates"]["passed"] and doc["promoted"], doc["reason"]
-    assert doc["production_before"]["loaded"] is False                 # the first model of the instrument
+    doc = train_json("--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01")
+    assert doc["symbol"] == "BTCUSDT" and doc["version"] == 1
+    assert doc["gates"]["passed"] and doc["promoted"]
     assert (tmp / "home" / "models" / "BTCUSDT" / "deployed.json").is_file()
+    first = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))["versions"][0]
+    assert (first["variant"], first["run_id"], first["shuffled"]) == ("full", doc["run_id"], False)
 
-    placebo = json.loads(tm("train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01",
-                            "--shuffle-labels", "--seed", "11", "--json"))
-    assert placebo["version"] == 2 and placebo["shuffled"]
+    placebo = train_json("--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01", "--shuffle-labels",
+                         "--seed", "11")
+    assert placebo["version"] == 2
     assert not placebo["gates"]["passed"] and not placebo["promoted"]
-    assert placebo["production_before"] == {"loaded": True, "version": 1, "tier": 1, "tier_name": "registry alias",
-                                            "model_id": doc["model_id"]}
+    shown = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))
+    assert shown["versions"][1]["shuffled"] and shown["production"] == 1
     loaded = json.loads(tm("models", "load", "--symbol", "BTCUSDT", "--json"))
-    assert (loaded["version"], loaded["tier"], loaded["model_id"]) == (1, 1, doc["model_id"])   # production untouched
+    assert (loaded["version"], loaded["tier"], loaded["model_id"]) == (1, 1, first["model_id"])   # production untouched
 
     listing = json.loads(tm("models", "list", "--json"))
     assert listing[0]["symbol"] == "BTCUSDT" and listing[0]["production"] == 1 and listing[0]["versions"] == 2
 
 
 def test_weekly_update_tries_transfer_variants_then_rollback_restores_the_previous_version(home):
+    from mlflow.tracking import MlflowClient
     tmp, data = home
-    first = json.loads(tm("train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01", "--json"))
-    second = json.loads(tm("train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-08", "--json"))
-    assert first["promoted"] and second["version"] == 2
-    assert second["n_tests"] == 6 and "transfer" in second["reason"]          # full + 5 tree counts, corrected for
-    if not second["promoted"]:
+    first = train_json("--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01")
+    assert first["promoted"]
+    # the human-readable output keeps the evidence the JSON leaves out
+    text = " ".join(tm("train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-08").split())
+    for part in ("BTCUSDT: version 2", "variant", "Sharpe net", "gross", "turnover", "corrected for 6 tests (raw",
+                 "before: version 1 served by tier 1 (registry alias)", "transfer"):
+        assert part in text, (part, text)
+    shown = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))
+    second = shown["versions"][1]
+    run = MlflowClient(f"sqlite:///{tmp / 'home' / 'mlflow.db'}").get_run(second["run_id"])
+    assert run.data.params["n_tests"] == "6"                                  # full + 5 tree counts, corrected for
+    assert "transfer" in second["reason"]
+    first_model = shown["versions"][0]["model_id"]
+    if shown["production"] != 2:
         tm("models", "promote", "--symbol", "BTCUSDT", "--version", "2", "--force")
     assert json.loads(tm("models", "load", "--symbol", "BTCUSDT", "--json"))["version"] == 2
     back = json.loads(tm("models", "rollback", "--symbol", "BTCUSDT", "--json"))
     assert back["production"] == 1
     loaded = json.loads(tm("models", "load", "--symbol", "BTCUSDT", "--json"))
-    assert (loaded["version"], loaded["model_id"]) == (1, first["model_id"])
+    assert (loaded["version"], loaded["model_id"]) == (1, first_model)
     deployed = json.loads((tmp / "home" / "models" / "BTCUSDT" / "deployed.json").read_text())
-    assert deployed["version"] == 1 and deployed["model_id"] == first["model_id"]
+    assert deployed["version"] == 1 and deployed["model_id"] == first_model
     shown = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))
     assert shown["production"] == 1 and shown["champion"] in (1, 2)
     assert [v["version"] for v in shown["versions"]] == [1, 2]
     assert "production" in shown["versions"][0]["aliases"] and "production" not in shown["versions"][1]["aliases"]
+
+
+def test_train_config_file_sets_the_gates_and_a_typo_is_refused_before_any_work(home, capsys):
+    # Arrange: a planted signal that passes the default gates, and a config whose IC gate it cannot clear
+    tmp, data = home
+    strict = tmp / "strict.toml"
+    strict.write_text("[gates]\nmin_ic = 0.99\n[walk_forward]\nn_windows = 20\n")
+    typo = tmp / "typo.toml"
+    typo.write_text("[gates]\nmin_icc = 0.99\n")
+
+    # Act
+    doc = train_json("--symbol", "BTCUSDT", "--data-dir", str(data), "--until", "2023-06-01", "--train-config", str(strict))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--symbol", "BTCUSDT", "--data-dir", str(data), "--train-config", str(typo)])
+
+    # Assert: the IC is real but below the configured gate, so nothing is deployed; the typo names the key, exit 2
+    assert 0.03 < doc["gates"]["ic"] < 0.99 and not doc["gates"]["passed"] and not doc["promoted"]
+    assert refused.value.code == 2 and "gates.min_icc" in capsys.readouterr().err
+    shown = json.loads(tm("models", "show", "--symbol", "BTCUSDT", "--json"))
+    assert shown["production"] is None and len(shown["versions"]) == 1

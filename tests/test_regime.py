@@ -280,3 +280,29 @@ def test_the_4h_frequency_works_end_to_end(market):
     pd.testing.assert_frame_equal(per_bar.loc[common], direct.loc[common], check_freq=False)
     with pytest.raises(DataError, match="one per 4h period"):
         filtered_probabilities(model, regime_returns(view.bars("BTCUSDT"), "1d"))
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+def test_tm_regime_json_is_exactly_the_contract():
+    from typer.testing import CliRunner
+
+    from trade_matrix.cli import app
+    res = CliRunner().invoke(app, ["regime", "--symbol", "BTCUSDT", "--until", "2024-01-01", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"tm regime --json printed {c}"))
+    assert set(doc) == {"symbol", "time", "regime", "probabilities"}
+    assert set(doc["probabilities"]) == {"Bear", "Neutral", "Bull", "Crisis"}
+    assert doc["symbol"] == "BTCUSDT" and utc(doc["time"]) < utc("2024-01-01")
+    assert doc["regime"] == max(doc["probabilities"], key=doc["probabilities"].get)
+    assert math.isclose(sum(doc["probabilities"].values()), 1.0, abs_tol=1e-9)
+
+
+def test_tm_regime_human_output_keeps_the_fit_details():
+    from typer.testing import CliRunner
+
+    from trade_matrix.cli import app
+    res = CliRunner().invoke(app, ["regime", "--symbol", "BTCUSDT", "--until", "2024-01-01"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for part in ("model fitted on data until", "converged", "annual mean", "annual volatility", "Crisis"):
+        assert part in res.stdout, (part, res.stdout)

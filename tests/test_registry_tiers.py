@@ -8,6 +8,7 @@ synthetic ones (planted signal passes its gates, pure noise fails), fitted once 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -299,3 +300,42 @@ def test_promote_verifies_files_before_moving_the_alias(deployment, results):
     assert registry.show(SYMBOL)["production_history"] == []
     assert (deployment.home / "models" / SYMBOL / "deployed.json").read_bytes() == before
     assert sorted(p.name for p in (deployment.home / "models").iterdir()) == [SYMBOL]
+
+
+# --- placebos and the per-window record ---------------------------------------------------------------------------
+
+def test_a_placebo_that_passes_its_gates_is_never_champion_and_never_promoted(deployment, results):
+    # Arrange: a shuffled-label run that cleared the gates by luck (to the registry: passed and shuffled)
+    registry = deployment.registry
+    lucky = dataclasses.replace(results["better"], shuffled=True)
+    assert lucky.passed and lucky.shuffled
+    before = (deployment.home / "models" / SYMBOL / "deployed.json").read_bytes()
+
+    # Act
+    placebo = registry.log_training(lucky, plots=False)
+
+    # Assert: recorded as it is, no alias moved, and promotion refused with or without force
+    version = deployment.client.get_model_version(f"tm-{SYMBOL}", str(placebo.version))
+    assert (placebo.version, version.tags["passed"], version.tags["shuffled"], version.aliases) == (2, "true", "true", [])
+    assert registry.show(SYMBOL)["champion"] == 1
+    for force in (False, True):
+        with pytest.raises(ModelError, match="version 2 is a placebo run"):
+            registry.promote(SYMBOL, 2, force=force)
+    assert registry.production_version(SYMBOL) == 1
+    assert (deployment.home / "models" / SYMBOL / "deployed.json").read_bytes() == before
+    # a genuine pass afterwards still becomes @champion
+    real = registry.log_training(results["better"], plots=False)
+    assert registry.show(SYMBOL)["champion"] == real.version == 3
+
+
+def test_training_run_logs_each_window_figure_with_the_window_as_step(deployment, results):
+    windows = results["good"].windows
+    figures = {"ic": "ic", "sharpe_net": "sharpe_net", "hit_rate": "hit_rate", "p_value": "ic_p_value",
+               "max_drawdown": "max_drawdown", "turnover": "turnover"}
+    for name, column in figures.items():
+        history = sorted(deployment.client.get_metric_history(deployment.version.run_id, f"window_{name}"),
+                         key=lambda m: m.step)
+        assert [m.step for m in history] == list(windows.index), name
+        np.testing.assert_allclose([m.value for m in history], windows[column].to_numpy(dtype="float64"),
+                                   rtol=1e-12, equal_nan=True, err_msg=name)
+    assert windows["ic_p_value"].between(0, 1).all() and (windows["turnover"] >= 0).all()

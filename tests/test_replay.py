@@ -21,7 +21,7 @@ from trade_matrix.replay import (NO_MODEL, CompiledTrees, ModelSchedule, ReplayC
                                  fit_regime_models, parity_check, replay, research_parity, research_run,
                                  weekly_schedule)
 from trade_matrix.validation import WalkForwardConfig
-from trade_matrix.risk import BreakerConfig
+from trade_matrix.risk import BreakerConfig, RiskConfig, daily_returns, portfolio_var
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 START, END = pd.Timestamp("2024-05-01", tz="UTC"), pd.Timestamp("2024-05-22", tz="UTC")
@@ -142,9 +142,11 @@ def test_parity_passes_and_fails_on_a_tampered_target(md, models, result):
     assert report.bars == len(result.equity)
     assert report.max_position_diff < 5e-3 and report.max_return_diff < 2e-4
     tampered = bt.targets.copy()
-    i = 30
-    held = tampered.iloc[:, 1].ffill().fillna(0.0).iloc[i]       # NaN targets hold: tamper with what is held
-    tampered.iloc[i, 1] = held - 0.25                            # ETH, decided at bar i, executed at bar i + 1
+    # ETH, decided at the close of bar i and filled at the open of bar i + 1, where the replay holds at least 0.3 of
+    # equity: research is told to go flat instead, which every risk limit allows, so nothing can cut it back
+    held_next = result.fractions["ETHUSDT"].reindex(tampered.index).shift(-1)
+    i = int(np.flatnonzero((held_next.abs() >= 0.3).to_numpy() & (np.arange(len(tampered)) >= 30))[0])
+    tampered.iloc[i, 1] = 0.0
     bad = parity_check(result, tampered, md=md)
     assert not bad.passed
     assert bad.first_divergence["time"] == iso(tampered.index[i + 1])
@@ -196,6 +198,11 @@ def test_weekly_retraining_is_out_of_sample_and_keeps_parity(md):
     assert (log["until"] <= log["time"]).all() and len(log) == 2 * 3
     ids = {sched.at(t)["BTCUSDT"].model_id for t in sched.starts}
     assert len(ids) == 3                                             # a new model each week
+    weekly = log[log["time"] > START]                                # the updates: gates corrected for both instruments
+    assert (weekly["instruments_tried"] == len(SYMBOLS)).all()
+    assert (weekly["n_tests"] % len(SYMBOLS) == 0).all() and (weekly["n_tests"] >= len(SYMBOLS)).all()
+    assert all(f"{n} tests corrected for (" in r and f"x {len(SYMBOLS)} instruments)" in r
+               for r, n in zip(weekly["reason"], weekly["n_tests"]))
     assert len(sched.regimes) == 3 and sched.regimes[1]["BTCUSDT"] is not sched.regimes[0]["BTCUSDT"]
     res = replay(md, SYMBOLS, START, end, sched, CFG)
     served = res.decisions["time"].map(lambda t: sched.at(t)["BTCUSDT"].model_id)
@@ -234,3 +241,69 @@ def test_use_regimes_restarts_each_filter_on_the_refitted_model(md, models, regi
         f = path.filters[s]
         assert f.model is new[s] and f.model is not regimes[s]
         assert abs(sum(f.probabilities.values()) - 1) < 1e-9 and f.n_updates > 100   # warmed up on what was known
+
+
+TIGHT = CFG.model_copy(update={"risk": RiskConfig(var_limit=0.02)})
+
+
+@pytest.fixture(scope="module")
+def tight(md, models, regimes):
+    logging.getLogger("trade_matrix.risk").setLevel(logging.ERROR)
+    return replay(md, SYMBOLS, START, END, models, TIGHT, regime_models=regimes)
+
+
+def test_var_covariance_is_estimated_daily_from_the_days_before_only(md, tight):
+    covs = tight.covariances
+    # one estimate per UTC day a decision is made in: the first close is START + 4h, the last END
+    assert list(covs) == list(pd.date_range(START, END, freq="1D"))
+    for d in list(covs)[::5]:
+        view = md.as_of(d)                                     # an independent estimate from the data known at d
+        r = daily_returns({s: view.bars(s)["close"] for s in SYMBOLS})
+        r = r[r.index >= d - pd.Timedelta(days=TIGHT.var_days)]
+        assert covs[d].symbols == tuple(SYMBOLS) and len(r) == TIGHT.var_days
+        np.testing.assert_allclose(covs[d].matrix, r.cov().to_numpy(), rtol=1e-9)
+
+
+def test_tight_var_limit_resizes_orders_and_never_adds_risk_past_it(md, tight):
+    d = tight.decisions
+    var = d["risk_reasons"].fillna("").str.contains("var:", regex=False)
+    assert var.sum() >= 5 and set(d.loc[var, "risk_action"]) <= {"RESIZED", "DENIED"}
+    assert (d.loc[var, "risk_action"] == "RESIZED").any()
+    closes = pd.DataFrame({s: md.bars(s)["close"] for s in SYMBOLS}).reindex(tight.positions.index)
+    pos, limit = tight.positions, TIGHT.risk.var_limit
+    step = TIGHT.interval
+    checked = 0
+    for i in range(len(pos) - 1):                              # the bar's orders fill at the next open
+        t = pos.index[i]
+        cov = tight.covariances[(t + step).floor("D")]
+        pre, post = pos.iloc[i].to_dict(), pos.iloc[i + 1].to_dict()
+        held = dict(pre)
+        for s in SYMBOLS:                                      # in the order the path checks them
+            if post[s] == held[s]:
+                continue
+            held[s] = post[s]
+            reduces = post[s] * pre[s] >= 0 and abs(post[s]) <= abs(pre[s])
+            v = portfolio_var({x: held[x] * closes.iloc[i][x] for x in SYMBOLS}, cov, tight.equity.iloc[i],
+                              TIGHT.risk.var_confidence)
+            assert reduces or v <= limit * (1 + 1e-6), (iso(t), s, v)
+            checked += not reduces
+    assert checked > 10
+
+
+def test_var_limit_keeps_research_parity_and_reports_the_bars(md, models, tight):
+    report, bt = research_parity(md, tight, models)
+    assert report.passed, report
+    assert len(report.var_bars) >= 5 and any("VaR" in n and "same RiskEngine rule" in n for n in report.notes)
+    run = research_run(md, bt.targets, TIGHT, tight.breaker)
+    assert run.var_applied and run.risk_cuts["reasons"].str.startswith("var:").sum() >= 5
+    # research without the VaR limit does not pass silently
+    off = research_run(md, bt.targets, TIGHT.model_copy(update={"var_days": None}), tight.breaker)
+    bad = parity_check(tight, off, md=md)
+    assert not bad.passed and any("did NOT apply VaR" in n for n in bad.notes)
+
+
+def test_var_limit_can_be_turned_off(md, models, regimes):
+    res = replay(md, SYMBOLS, START, START + pd.Timedelta("5D"), models,
+                 TIGHT.model_copy(update={"var_days": None}), regime_models=regimes)
+    assert res.covariances == {}
+    assert not res.decisions["risk_reasons"].fillna("").str.contains("var:", regex=False).any()

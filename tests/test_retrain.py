@@ -91,19 +91,31 @@ def test_retrain_command_exits_non_zero_on_failure_and_refuses_unknown_parameter
     assert "FAILED" in out.err and "DataError" in out.out and "NOPEUSDT" in out.out
 
 
-def test_a_model_that_passes_its_gates_is_promoted_and_exported_for_tier_4(tmp_path):
-    # Arrange: hourly bars with a planted time-of-day signal the calendar features learn
+def test_planted_signals_pass_corrected_for_two_instruments_and_are_promoted_and_exported_for_tier_4(tmp_path):
+    # Arrange: two instruments, each with its own planted time-of-day signal the calendar features learn
     data = tmp_path / "data"
-    write_data_file(planted_bars(seed=3), SeriesKind.OHLCV, "synthetic", "BTCUSDT", "1h", data)
-    params = {"symbols": ["BTCUSDT"], "data_dir": str(data), "as_of": "2023-06-01", "n_windows": 6, "rl": False,
-              "backtest_months": 1, "n_jobs": 1, "home": str(tmp_path / "home")}
+    for symbol, seed in (("BTCUSDT", 3), ("ETHUSDT", 4)):
+        write_data_file(planted_bars(seed=seed), SeriesKind.OHLCV, "synthetic", symbol, "1h", data)
+    params = {"symbols": ["BTCUSDT", "ETHUSDT"], "data_dir": str(data), "as_of": "2023-06-01", "n_windows": 6,
+              "rl": False, "backtest_months": 1, "n_jobs": 1, "home": str(tmp_path / "home")}
 
     # Act
     steps = run_steps(params, run_dir=tmp_path / "run")
 
-    # Assert
-    reg = steps["registry"].summary["symbols"]["BTCUSDT"]
-    assert steps["gates"].summary["symbols"]["BTCUSDT"]["passed"], steps["gates"].summary["symbols"]["BTCUSDT"]["reason"]
-    assert reg["promoted"] and reg["production_before"] is None and reg["production_after"] == reg["version"] == 1
-    assert _deployed_version(tmp_path / "home") == 1
-    assert _registry(tmp_path / "home").load("BTCUSDT").version == 1
+    # Assert: a first run tries one variant per instrument, so two tests; p corrected = min(1, 2 x raw)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert steps["gates"].summary["instruments_tested"] == 2
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        g = steps["gates"].summary["symbols"][symbol]
+        assert (g["instruments_tested"], g["n_tests"]) == (2, 2)
+        assert g["p_value_corrected"] == pytest.approx(min(1.0, 2 * g["p_value_raw"]), rel=1e-12)
+        assert "2 tests corrected for (1 variant x 2 instruments)" in g["reason"]
+        assert steps["training"].table.loc[symbol, "n_tests"] == 2
+        s = m["symbols"][symbol]
+        assert (s["n_tests"], s["instruments_tested"]) == (2, 2)
+        assert s["gates"]["p_value"] == pytest.approx(s["p_value_corrected"]) and s["p_value_raw"] <= s["p_value_corrected"]
+        assert s["passed"] and s["promoted"], s["decision"]
+        reg = steps["registry"].summary["symbols"][symbol]
+        assert reg["promoted"] and reg["production_before"] is None and reg["production_after"] == reg["version"] == 1
+        assert _deployed_version(tmp_path / "home", symbol) == 1
+        assert _registry(tmp_path / "home").load(symbol).version == 1

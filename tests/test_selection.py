@@ -1,7 +1,7 @@
 """Boruta selection and the locked feature list: scenarios on synthetic data with a known answer, the locked file's
 refusals, fail-closed alignment, and the real bundled data.
 
-The full-size real-data runs are marked `slow` (about 10 s for the three symbols); CI runs them.
+The full-size real-data runs are marked `slow` (about a minute for the three symbols and the placebo); CI runs them.
 """
 from __future__ import annotations
 
@@ -56,9 +56,41 @@ def test_placebo_noise_features_are_rejected():
 
     assert r.confirmed == ()
     assert len(r.rejected) >= 0.8 * X.shape[1]
+    assert r.roughly_fixed == ()                          # the rough fix accepts no noise either
     assert len(r.selected) == FAST.min_features           # the size rule still returns a list ...
     assert len(r.filled) >= FAST.min_features - len(r.tentative)
     assert "filled" in r.rule                             # ... and says it was filled from rejected features
+
+
+def test_padding_is_recorded_in_the_result_and_named_in_a_warning(caplog):
+    X, _, _ = planted_signal_frame(n_rows=1500, n_noise=40, seed=11)
+    placebo = pd.Series(np.random.default_rng(12).standard_normal(len(X)), index=X.index)
+
+    with caplog.at_level("WARNING", logger="trade_matrix.selection"):
+        r = boruta(X, placebo, FAST, symbol="PLACEBO")
+
+    assert r.padded == r.filled and len(r.filled) == FAST.min_features
+    assert set(r.filled) <= set(r.selected) and not set(r.filled) & set(r.confirmed + r.roughly_fixed)
+    message = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "PLACEBO" in message and "padded with 9" in message
+    assert all(name in message for name in r.filled)
+
+
+def test_rough_fix_accepts_the_tentative_whose_median_importance_beats_the_median_shadow_bar(planted):
+    X, y, _ = planted
+    cfg = SelectionConfig(n_estimators=30, max_iter=8)  # few iterations: many features still tentative
+
+    rough = boruta(X, y, cfg)
+    keep = boruta(X, y, cfg.model_copy(update={"tentative_fix": "keep"}))
+
+    med, bar = rough.median_importance, rough.shadow_max.median()
+    assert len(rough.tentative) >= 5
+    assert set(rough.roughly_fixed) == {n for n in rough.tentative if med[n] > bar}
+    assert 0 < len(rough.roughly_fixed) < len(rough.tentative)          # it decides, both ways
+    declined = set(rough.tentative) - set(rough.roughly_fixed)
+    assert not declined & (set(rough.selected) - set(rough.filled))      # declined ones are only ever padding
+    assert keep.roughly_fixed == () and keep.decisions == rough.decisions
+    assert "accepted by the rough fix" in rough.rule and "accepted by the rough fix" not in keep.rule
 
 
 def test_selection_is_deterministic_under_seed(planted):
@@ -259,4 +291,20 @@ def test_select_features_sees_only_data_known_at_until(market):
 def test_real_data_selection_chooses_9_to_13_features(market, symbol):
     r = select_features(market, symbol)
     assert 9 <= len(r.selected) <= 13
-    assert len(r.confirmed) >= 1
+    assert len(r.confirmed) >= 5
+    accepted = len(r.confirmed) + len(r.roughly_fixed)
+    assert len(r.filled) == max(0, r.config.min_features - accepted) <= 2  # mostly Boruta's own, padding only to the floor
+
+
+@pytest.mark.slow
+def test_real_features_against_a_shuffled_label_confirm_and_roughly_fix_nothing(market):
+    from trade_matrix.features import compute_features, forward_return
+    features = compute_features(market, "BTCUSDT").features
+    label = forward_return(market.bars("BTCUSDT"))
+    ok = label.notna().to_numpy()
+    x, y = features[ok].iloc[-4000:], label[ok].iloc[-4000:]
+    shuffled = pd.Series(np.random.default_rng(0).permutation(y.to_numpy()), index=y.index)
+
+    r = boruta(x, shuffled, SelectionConfig())
+
+    assert len(r.confirmed) <= 1 and r.roughly_fixed == ()

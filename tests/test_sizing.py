@@ -1,4 +1,4 @@
-"""Sizing: the cascade table, Kelly with no edge sizes zero, costs decide trades, policy failures fall back."""
+"""Sizing: the cascade table, Kelly with no edge (or a failing rolling IC) sizes zero, costs decide trades, policy failures fall back."""
 import math
 
 import numpy as np
@@ -85,3 +85,49 @@ def test_rebalance_moves_toward_the_target_never_beyond_and_respects_the_step_ca
     assert lo - 1e-12 <= new <= hi + 1e-12, (new, why)
     if step is not None:
         assert abs(new - current) <= step + 1e-12
+
+
+class Fixed:
+    "A stand-in policy that always proposes the same position."
+    def __init__(self, value):
+        self.value = value
+
+    def act(self, observation):
+        return self.value
+
+
+BULL = {Regime.BULL: 1.0}
+FAILING = dict(signal=2.0, confidence=0.9, ic=-0.15, sigma=0.02, skill=0.04, regime_probabilities=BULL)
+
+
+@pytest.mark.parametrize("name, kelly, policy, inputs, want", [
+    # name, KellyConfig, policy, changes to FAILING, (kelly, raw target, target, traded, "no edge" in the reason)
+    ("failing IC from flat: Kelly 0, no trade", KellyConfig(), None, {}, (0.0, 0.0, 0.0, False, True)),
+    ("NaN IC counts as failing", KellyConfig(), None, {"ic": float("nan")}, (0.0, 0.0, 0.0, False, True)),
+    ("failing IC, position held: the band keeps it", KellyConfig(), None, {"position": 0.5},
+     (0.0, 0.0, 0.5, False, True)),
+    ("failing IC, little edge left: the band unwinds", KellyConfig(), None,
+     {"position": 0.5, "signal": 0.05, "horizon": 20.0}, (0.0, 0.0, 0.0, True, True)),
+    ("failing IC, skill against the position: cut", KellyConfig(), None, {"position": 0.5, "signal": -1.0},
+     (0.0, 0.0, 0.0, True, True)),
+    ("failing IC in BLENDED: the RL half only", KellyConfig(failing_ic=0.04), Fixed(0.8),
+     {"ic": 0.035, "confidence": 0.4}, (0.0, 0.4, 0.4, True, True)),
+    ("IC exactly at the threshold is not failing", KellyConfig(), None, {"ic": 0.0},
+     (1.0, 1.0, 1.0, True, False)),
+    ("healthy IC: Kelly at the cap", KellyConfig(), None, {"ic": 0.08}, (1.0, 1.0, 1.0, True, False)),
+    ("healthy IC, held position: at target", KellyConfig(), None, {"ic": 0.08, "position": 1.0},
+     (1.0, 1.0, 1.0, False, False)),
+])
+def test_a_failing_rolling_ic_makes_kelly_add_no_risk(name, kelly, policy, inputs, want):
+    d = Sizer("BTCUSDT", kelly, policy=policy).decide(**(FAILING | inputs))
+    assert (d.kelly, d.raw_target, d.target, d.traded, "no edge" in d.reason) == want, (name, d.reason)
+    assert d.alpha == pytest.approx(0.04 * 0.02 * (FAILING | inputs)["signal"])   # the band still uses the skill
+
+
+@pytest.mark.parametrize("ic", [0.0, 0.02, 0.08, 0.3])
+@pytest.mark.parametrize("position", [-0.5, 0.0, 0.5])
+def test_a_healthy_rolling_ic_sizes_as_before(ic, position):
+    "Above `failing_ic` the decision is the one without the rule (failing_ic=-1: nothing fails)."
+    inputs = FAILING | {"ic": ic, "position": position}
+    assert Sizer("BTCUSDT").decide(**inputs) == Sizer("BTCUSDT", KellyConfig(failing_ic=-1.0)).decide(**inputs)
+    assert Sizer("BTCUSDT").decide(**inputs).kelly == kelly_target(2.0, 0.04, 0.02, BULL)

@@ -142,16 +142,75 @@ def test_funding_pages_backwards_in_pages_of_200(clock, btc_funding):
 
 # ---------------------------------------------------------------- retries and refusals
 
-def test_rate_limit_then_success_retries_with_backoff(bybit, clock, btc_1h):
+def test_rate_limit_then_success_retries_until_reset_or_with_backoff(bybit, clock, btc_1h):
     sleeps = Sleeps()
     src = source(bybit, clock, sleeps, max_retries=5, backoff_s=0.5)
-    bybit.inject(Fault.rate_limit(KLINE), Fault.http_429(KLINE), Fault.rate_limit(KLINE))
+    bybit.inject(Fault.rate_limit(KLINE), Fault.http_429(KLINE), Fault.rate_limit(KLINE, reset_after_ms=250))
 
     got = src.fetch(SeriesKind.OHLCV, "BTCUSDT", "1h", "2023-12-31", "2024-01-01")
 
-    assert sleeps == [0.5, 1.0, 2.0]
+    # 10006 waits until its reset header (1 s, then 0.25 s after the clock); the bare 429 keeps the backoff (2 x 0.5 s)
+    assert sleeps == [1.0, 1.0, 0.25]
     assert bybit.requests[KLINE] == 4
     assert got.equals(btc_1h.loc["2023-12-31T00:00Z":"2023-12-31T22:00Z"])
+
+
+def test_rate_limit_waits_until_the_reset_time_capped_by_the_policy(bybit, clock, btc_1h):
+    sleeps = Sleeps()
+    src = source(bybit, clock, sleeps, max_retries=5, backoff_s=0.5)
+    bybit.inject(Fault.rate_limit(KLINE, reset_after_ms=2_500),
+                 Fault.rate_limit(KLINE, reset_after_ms=120_000),       # two minutes: longer than any single delay
+                 Fault.error(10006, "Too many visits!", path=KLINE))   # no reset header: exponential backoff
+
+    got = src.fetch(SeriesKind.OHLCV, "BTCUSDT", "1h", "2023-12-31", "2024-01-01")
+
+    assert sleeps == [2.5, 30.0, 2.0]        # until the reset; capped at the policy's 30 s; 0.5 x 2**2
+    assert bybit.requests[KLINE] == 4 and len(got) == 23
+
+
+def test_ip_rate_limit_http_403_is_retried_then_succeeds(bybit, clock, btc_1h):
+    sleeps = Sleeps()
+    src = source(bybit, clock, sleeps, max_retries=3, backoff_s=0.5)
+    bybit.inject(Fault.http_error(403, path=KLINE), Fault.http_error(403, path=KLINE))
+
+    got = src.fetch(SeriesKind.OHLCV, "BTCUSDT", "1h", "2023-12-31", "2024-01-01")
+
+    assert sleeps == [0.5, 1.0]
+    assert bybit.requests[KLINE] == 3
+    assert got.equals(btc_1h.loc["2023-12-31T00:00Z":"2023-12-31T22:00Z"])
+
+
+def test_ip_rate_limit_http_403_exhausts_retries_naming_the_status(bybit, clock):
+    sleeps = Sleeps()
+    src = source(bybit, clock, sleeps, max_retries=1, backoff_s=0.5)
+    bybit.inject(*[Fault.http_error(403, path=KLINE)] * 2)
+
+    with pytest.raises(TemporaryExchangeError) as e:
+        src.fetch(SeriesKind.OHLCV, "BTCUSDT", "1h", "2023-12-31", "2024-01-01")
+
+    assert "failed after 2 attempts" in str(e.value) and "HTTP 403" in str(e.value) and sleeps == [0.5]
+
+
+def test_kline_paging_reports_progress_per_page(bybit, clock, btc_1h):
+    pages = []
+    src = source(bybit, clock)
+
+    got = src.fetch(SeriesKind.OHLCV, "BTCUSDT", "1h", "2023-09-01", "2024-01-01", progress=lambda n, t: pages.append((n, t)))
+
+    served = btc_1h.loc["2023-09-01":]            # the forming 23:00 bar included; dropped only after paging
+    assert pages == [(1000, served.index[-1000]), (2000, served.index[-2000]), (len(served), pd.Timestamp("2023-09-01", tz="UTC"))]
+    assert len(got) == len(served) - 1
+
+
+def test_funding_paging_reports_progress_per_page(clock, btc_funding):
+    pages = []
+    with BybitLoopback(clock=ManualClock("2024-01-01T09:00Z")) as server:
+        server.load_funding("BTCUSDT", btc_funding)
+        src = source(server, ManualClock("2024-01-01T09:00Z"))
+        got = src.fetch(SeriesKind.FUNDING, "BTCUSDT", "8h", "2023-07-01", "2024-01-01T09:00Z",
+                        progress=lambda n, t: pages.append((n, t)))
+    assert [n for n, _ in pages] == [200, 400, len(got)]
+    assert pages[-1][1] == pd.Timestamp("2023-07-01", tz="UTC")
 
 
 def test_bad_gateway_and_server_errors_are_retried(bybit, clock):
@@ -253,6 +312,29 @@ def test_ws_delivers_only_confirmed_bars(btc_1h):
     delivered = pd.concat([f for _, _, f in received])
     assert delivered.equals(btc_1h.loc["2023-12-31T04:00Z":"2023-12-31T05:00Z"])
     assert pybit.unified_trading.PUBLIC_WSS.startswith("wss://")  # the module global was restored
+
+
+def test_ws_spot_subscription_delivers_only_closed_klines(btc_1h):
+    received, closed = [], threading.Event()
+
+    def on_bar(symbol, interval, frame):
+        received.append((symbol, interval, frame))
+        closed.set()
+
+    bar = btc_1h.loc["2023-12-31T04:00Z":"2023-12-31T07:00Z"].resample("4h").agg(
+        {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
+    with BybitLoopback() as server:
+        src = BybitSource(BybitConfig(endpoint=server.url), category="spot", public_wss=server.public_wss)
+        with src.subscribe_klines("BTCUSDT", "4h", on_bar) as sub:
+            assert server.wait_subscribed("kline.240.BTCUSDT", "spot", timeout=5)
+            assert server.subscribers("kline.240.BTCUSDT", "linear") == 0       # on the spot channel only
+            assert server.push_kline("BTCUSDT", "240", bar.iloc[0], confirm=False, channel_type="spot") == 1
+            assert server.push_kline("BTCUSDT", "240", bar.iloc[0], confirm=True, channel_type="spot") == 1
+            assert server.push_kline("BTCUSDT", "240", bar.iloc[0], confirm=True, channel_type="linear") == 0
+            assert closed.wait(5)
+
+    assert [(s, i) for s, i, _ in received] == [("BTCUSDT", "4h")]
+    assert received[0][2].equals(bar.iloc[[0]].rename_axis("ts")) and sub.bars_delivered == 1
 
 
 def test_ws_on_bar_error_does_not_kill_the_stream(btc_1h):

@@ -226,6 +226,20 @@ def test_backfill_fetches_only_missing_bars_and_is_idempotent(store):
     assert_same_frame(store.read("ohlcv", "BTCUSDT", "1h"), bars)
 
 
+def test_backfill_reports_progress_once_per_missing_range_before_fetching_it(store):
+    bars = make_bars()
+    store.write("ohlcv", "BTCUSDT", "1h", bars.iloc[list(range(0, 10)) + list(range(20, 30))], "binance")
+    source, steps = FrameSource(bars, name="binance"), []
+
+    def progress(number, total, start, end, fetched):
+        steps.append((number, total, start, end, fetched, len(source.calls)))
+
+    backfill(store, source, "ohlcv", "BTCUSDT", "1h", T0, T0 + 48 * H, chunk=12, progress=progress)
+
+    # (range number, ranges, range start, range end, rows fetched so far, fetch calls made before it)
+    assert steps == [(1, 2, T0 + 10 * H, T0 + 20 * H, 0, 0), (2, 2, T0 + 30 * H, T0 + 48 * H, 10, 1)]
+
+
 def test_backfill_keeps_real_exchange_gaps(store):
     bars = make_bars()
     exchange = bars.drop(bars.index[30:33])          # the exchange was down for three hours
@@ -280,5 +294,11 @@ def test_postgres_uses_timescaledb_only_when_available(pg_test_database_url):
     with psycopg.connect(pg_test_database_url) as conn:
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is not None
 
-    with open_store(pg_test_database_url, schema=f"t_{secrets.token_hex(6)}") as store:
+    schema = f"t_{secrets.token_hex(6)}"
+    with open_store(pg_test_database_url, schema=schema) as store:
         assert store.timescale is available
+    if available:   # all three tables are hypertables (not exercised on a server without the extension)
+        with psycopg.connect(pg_test_database_url) as conn:
+            names = conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables "
+                                 "WHERE hypertable_schema = %s ORDER BY 1", (schema,)).fetchall()
+        assert [n for (n,) in names] == ["bars", "dvol", "funding"]

@@ -29,7 +29,7 @@ __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatri
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# %% ../nbs/00_core.ipynb #1503d419
+# %% ../nbs/00_core.ipynb #e00eb906
 class TradeMatrixError(Exception):
     "Base class of every error Trade-Matrix raises on purpose."
 
@@ -47,11 +47,16 @@ class ExchangeError(TradeMatrixError):
 
 class TemporaryExchangeError(ExchangeError):
     "A retryable exchange failure: rate limit, timeout, 5xx, maintenance."
+    def __init__(self, *args,
+                 retry_at_ms: int | None = None,  # when the exchange says a retry may succeed (epoch ms), if it says
+                 ):
+        super().__init__(*args)
+        self.retry_at_ms = retry_at_ms
 
 class FatalError(TradeMatrixError):
     "A condition that must stop the trader (for example an invalid API key)."
 
-# %% ../nbs/00_core.ipynb #b441ffb2
+# %% ../nbs/00_core.ipynb #fdd21bdc
 class SeriesKind(StrEnum):
     "The kinds of market series the data layer knows."
     OHLCV = "ohlcv"      # bars: open, high, low, close, volume
@@ -90,7 +95,7 @@ class BreakerState(StrEnum):
     OPEN = "OPEN"            # tripped: no new risk until the cooldown has passed
     HALF_OPEN = "HALF_OPEN"  # probing: back to CLOSED after a clean probe period, else OPEN
 
-# %% ../nbs/00_core.ipynb #0d1eaaec
+# %% ../nbs/00_core.ipynb #c9af7bd0
 _UNITS = {"m": "min", "h": "h", "d": "D"}
 DAY = pd.Timedelta(days=1)
 
@@ -115,7 +120,7 @@ def on_grid(ts: pd.DatetimeIndex | pd.Timestamp, interval: str):
         return ts.as_unit("ns").value % step == 0
     return (ts.as_unit("ns").asi8 % step) == 0
 
-# %% ../nbs/00_core.ipynb #7358d8df
+# %% ../nbs/00_core.ipynb #01bbf383
 _UTC = pd.Timestamp(0, tz="UTC").tz
 
 def utc(t: Any) -> pd.Timestamp:
@@ -140,7 +145,7 @@ def iso(t: Any) -> str:
     "`t` as ISO-8601 UTC with a Z, the form our files and reports use."
     return utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-# %% ../nbs/00_core.ipynb #5b004c67
+# %% ../nbs/00_core.ipynb #86bdd7d3
 def known_lag(kind: SeriesKind, interval: str) -> pd.Timedelta:
     "How long after its stamp a row of `kind` at `interval` becomes known."
     kind = SeriesKind(kind)
@@ -148,11 +153,11 @@ def known_lag(kind: SeriesKind, interval: str) -> pd.Timedelta:
         return pd.Timedelta(0)
     return parse_interval(interval)
 
-# %% ../nbs/00_core.ipynb #626b9824
+# %% ../nbs/00_core.ipynb #4c515935
 PROJECT_ROOT = Path(importlib.util.find_spec("trade_matrix").origin).resolve().parent.parent  # works in notebooks too
 BUNDLED_DATA_DIR = PROJECT_ROOT / "data"
 
-# %% ../nbs/00_core.ipynb #f067c895
+# %% ../nbs/00_core.ipynb #c29953dc
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -232,7 +237,7 @@ class Settings(_Strict):
         "The local model folder (tier 4) with `{home}` filled in."
         return Path(self._fill(self.registry.models_dir.as_posix()))
 
-# %% ../nbs/00_core.ipynb #cc38a966
+# %% ../nbs/00_core.ipynb #9b645769
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
@@ -276,7 +281,7 @@ def load_settings(path: str | Path | None = None,  # a TOML file; default `TM_CO
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid configuration in {where}: {problems}") from None
 
-# %% ../nbs/00_core.ipynb #4130ab3a
+# %% ../nbs/00_core.ipynb #b13f3da0
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 def to_decimal(x) -> Decimal:
@@ -327,7 +332,7 @@ def instrument(symbol: str) -> InstrumentSpec:
     except KeyError:
         raise ConfigError(f"no instrument rules for {symbol!r}; known: {sorted(INSTRUMENTS)}") from None
 
-# %% ../nbs/00_core.ipynb #e8560bd9
+# %% ../nbs/00_core.ipynb #9ff5e274
 def parallel_map(fn, items: list, n_jobs: int) -> list:
     "[fn(item) for item in items], one process per item (loky) when n_jobs > 1, in order."
     n = min(max(1, int(n_jobs)), len(items))
@@ -336,7 +341,7 @@ def parallel_map(fn, items: list, n_jobs: int) -> list:
     from joblib import Parallel, delayed
     return Parallel(n_jobs=n, backend="loky")(delayed(fn)(x) for x in items)
 
-# %% ../nbs/00_core.ipynb #53c9a41c
+# %% ../nbs/00_core.ipynb #ea5f3f65
 import hashlib
 import json
 import shutil

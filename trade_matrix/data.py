@@ -38,7 +38,7 @@ def empty_frame(kind: SeriesKind) -> pd.DataFrame:
     idx = pd.DatetimeIndex([], dtype="datetime64[ns, UTC]", name="ts")
     return pd.DataFrame({c: pd.Series([], dtype="float64") for c in COLUMNS[SeriesKind(kind)]}, index=idx)
 
-# %% ../nbs/10_data.ipynb #2dc7e01f
+# %% ../nbs/10_data.ipynb #14d0f765
 @dataclass(frozen=True)
 class Validated:
     "A frame that passed validation, and what validation changed."
@@ -79,7 +79,9 @@ def _parse_numbers(df: pd.DataFrame, cols: list[str], times: pd.DatetimeIndex, w
         bad = ~np.isfinite(values)
         if bad.any():
             p = np.flatnonzero(bad)[0]
-            raise DataError(f"{where}, {_locate(p, first_line)} ({iso(times[p])}): {c} is {col.iloc[p]!r}; expected a finite number")
+            raw = col.iloc[p]
+            shown = ("empty" if np.isnan(raw) else repr(float(raw))) if isinstance(raw, (float, np.floating)) else repr(raw)
+            raise DataError(f"{where}, {_locate(p, first_line)} ({iso(times[p])}): {c} is {shown}; expected a finite number")
         out[c] = values
     return out
 
@@ -129,6 +131,7 @@ def validate_frame(df: pd.DataFrame,          # `ts` as index or column (or a `t
     values = _parse_numbers(df.reset_index(drop=True), cols, times, where, first_line)
     _check_values(kind, values, times, where, first_line)
     frame = pd.DataFrame(values, index=pd.DatetimeIndex(times, name="ts"))
+    positions = np.arange(len(frame))  # each remaining row's position in `df`, for line numbers after dropping duplicates
     dropped = 0
     dup = frame.index.duplicated(keep=False)
     if dup.any():
@@ -142,19 +145,21 @@ def validate_frame(df: pd.DataFrame,          # `ts` as index or column (or a `t
                             f"{rows.to_dict('records')}; expected one value per timestamp")
         keep = ~frame.index.duplicated(keep="first")
         dropped = int((~keep).sum())
-        frame = frame[keep]
+        frame, positions = frame[keep], positions[keep]
     asi8 = frame.index.asi8
     not_increasing = np.flatnonzero(np.diff(asi8) <= 0)
     if len(not_increasing):
         p = not_increasing[0] + 1
-        raise DataError(f"{where}: timestamps not strictly increasing at {iso(frame.index[p])} after {iso(frame.index[p - 1])}; expected sorted bars")
+        raise DataError(f"{where}, {_locate(positions[p], first_line)}: timestamps not strictly increasing at "
+                        f"{iso(frame.index[p])} after {iso(frame.index[p - 1])}; expected sorted bars")
     grid = on_grid(frame.index, interval)
     if not grid.all():
         p = np.flatnonzero(~grid)[0]
-        raise DataError(f"{where}: timestamp {iso(frame.index[p])} is off the {interval} grid; expected a multiple of {interval} after 00:00 UTC")
+        raise DataError(f"{where}, {_locate(positions[p], first_line)}: timestamp {iso(frame.index[p])} is off the "
+                        f"{interval} grid; expected a multiple of {interval} after 00:00 UTC")
     return Validated(frame, dropped)
 
-# %% ../nbs/10_data.ipynb #4183cc55
+# %% ../nbs/10_data.ipynb #40845c64
 @dataclass(frozen=True)
 class Gap:
     "A run of missing bars between two present ones."
@@ -190,7 +195,7 @@ def find_gaps(index: pd.DatetimeIndex,     # sorted, unique bar open times
     return [Gap(index[i], index[i + 1], int(missing[i]),
                 GapSeverity.MINOR if missing[i] <= minor_max_bars else GapSeverity.CRITICAL, interval) for i in at]
 
-# %% ../nbs/10_data.ipynb #ea1ad932
+# %% ../nbs/10_data.ipynb #954ca275
 def grid_floor(t, interval: str) -> pd.Timestamp:
     "The open time of the `interval` bar that contains `t`."
     step = parse_interval(interval).value
@@ -222,7 +227,7 @@ def missing_ranges(index: pd.DatetimeIndex,  # bar open times present
     stops = np.concatenate([absent[breaks], [absent[-1]]]) + step
     return [(pd.Timestamp(a, tz="UTC"), pd.Timestamp(b, tz="UTC")) for a, b in zip(starts, stops)]
 
-# %% ../nbs/10_data.ipynb #0098c259
+# %% ../nbs/10_data.ipynb #3b812f51
 def resample_ohlcv(frame: pd.DataFrame,        # canonical OHLCV frame at a finer interval
                    source_interval: str,       # its interval ('1h')
                    target_interval: str,       # the wanted interval ('4h'), a multiple of the source's
@@ -251,7 +256,7 @@ def resample_ohlcv(frame: pd.DataFrame,        # canonical OHLCV frame at a fine
         out = out[out.index + dst <= utc(as_of)]
     return out
 
-# %% ../nbs/10_data.ipynb #703a66e1
+# %% ../nbs/10_data.ipynb #f417a519
 _PATTERNS = [
     (SeriesKind.FUNDING, re.compile(r"^(?P<exchange>[a-z0-9]+(?:_[a-z0-9]+)*)_(?P<key>[A-Z0-9]+)_funding_(?P<interval>\d+[mhd])\.csv(?:\.gz)?$")),
     (SeriesKind.DVOL, re.compile(r"^(?P<exchange>[a-z0-9]+(?:_[a-z0-9]+)*)_(?P<key>[A-Z0-9]+)_DVOL_(?P<interval>\d+[mhd])\.csv(?:\.gz)?$")),
@@ -315,7 +320,21 @@ class DataCatalog:
     def __repr__(self):
         return f"DataCatalog({self.data_dir}, {len(self.files)} files, {len(self.skipped)} skipped)"
 
-# %% ../nbs/10_data.ipynb #2f99d1c2
+# %% ../nbs/10_data.ipynb #31b6f434
+def _open_text(path: Path):
+    "`path` opened as text, through gzip when it ends in .gz."
+    import gzip
+    return gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")
+
+def _short_row(path: Path, n_fields: int) -> tuple[int, int] | None:
+    "(line number, field count) of the first non-blank line with fewer than `n_fields` fields, or None."
+    import csv
+    with _open_text(path) as fh:
+        for line_no, fields in enumerate(csv.reader(fh), start=1):
+            if fields and len(fields) < n_fields:
+                return line_no, len(fields)
+    return None
+
 def read_data_file(f: DataFile) -> Validated:
     "Read and validate one data file."
     expected = ["timestamp"] + COLUMNS[f.kind]
@@ -324,13 +343,19 @@ def read_data_file(f: DataFile) -> Validated:
             # pandas only warns when a row has more fields than the header; for us that is a malformed file
             warnings.simplefilter("error", pd.errors.ParserWarning)
             raw = pd.read_csv(f.path, dtype={"timestamp": "string"}, engine="c", index_col=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{f.path}: the file is empty (no header line); expected a header "
+                        f"{','.join(expected)} and one row per {f.interval} {f.kind.value} row") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError, EOFError, OSError) as e:
         raise DataError(f"{f.path}: cannot be parsed as CSV ({str(e).strip()}); expected columns {expected}") from None
     if list(raw.columns) != expected:
         raise DataError(f"{f.path}: header is {list(raw.columns)}; expected {expected}")
+    if raw.isna().to_numpy().any() and (short := _short_row(f.path, len(expected))) is not None:
+        line_no, found = short
+        raise DataError(f"{f.path}, line {line_no}: {found} fields, expected {len(expected)} ({','.join(expected)})")
     return validate_frame(raw, f.kind, f.interval, where=str(f.path), first_line=2)
 
-# %% ../nbs/10_data.ipynb #ea89ecc1
+# %% ../nbs/10_data.ipynb #baf22887
 def write_data_file(frame: pd.DataFrame,   # canonical frame
                     kind: SeriesKind,
                     exchange: str,         # lower-case source name, e.g. 'bybit_linear'
@@ -354,7 +379,7 @@ def write_data_file(frame: pd.DataFrame,   # canonical frame
     tmp.replace(folder / name)
     return folder / name
 
-# %% ../nbs/10_data.ipynb #3572d48b
+# %% ../nbs/10_data.ipynb #a4525f39
 @dataclass(frozen=True)
 class MarketSeries:
     "A validated series of one kind, key and interval, aware of when each row becomes known."
@@ -396,7 +421,7 @@ def load_series(f: DataFile) -> MarketSeries:
     v = read_data_file(f)
     return MarketSeries(f.kind, f.key, f.interval, v.frame, source=f.exchange, duplicates_dropped=v.duplicates_dropped)
 
-# %% ../nbs/10_data.ipynb #daa5a3a4
+# %% ../nbs/10_data.ipynb #a34d2b7d
 @dataclass(frozen=True)
 class MarketData:
     "Bars, funding and DVOL for a set of symbols, optionally as known at one time."
@@ -461,7 +486,7 @@ def load_market_data(data_dir: str | Path | None = None,  # folder of data files
             series[(SeriesKind.DVOL, g.key)] = load_series(g)
     return MarketData(series, bar_interval)
 
-# %% ../nbs/10_data.ipynb #f0703b58
+# %% ../nbs/10_data.ipynb #7817d911
 @dataclass(frozen=True)
 class SeriesReport:
     "The check of one data file."
@@ -547,7 +572,7 @@ def data_report(data_dir: str | Path | None = None,  # folder to check (default:
                for f in cat.files if symbols is None or f.key in symbols]
     return DataReport(str(cat.data_dir), reports, [p.name for p in cat.skipped])
 
-# %% ../nbs/10_data.ipynb #34deef3e
+# %% ../nbs/10_data.ipynb #973e7f25
 def _short(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M") if t is not None else ""
 

@@ -22,12 +22,12 @@ from .core import DataError, SeriesKind, _Strict, known_lag, parse_interval, utc
 from .data import MarketData
 
 # %% auto #0
-__all__ = ['NAN', 'FEATURES', 'RAW_NAMES', 'FEATURE_NAMES', 'FAMILIES', 'DVOL_GRAPH', 'FUNDING_GRAPH', 'Node', 'State', 'wrap',
-           'Const', 'Input', 'Binary', 'Unary', 'log', 'sqrt', 'absolute', 'sign', 'positive', 'maximum', 'minimum',
-           'Lag', 'RollingSum', 'RollingExtreme', 'EMA', 'MeanAbsDev', 'RollingRank', 'lag', 'rsum', 'sma', 'rmax',
-           'rmin', 'ema', 'wilder', 'rstd', 'zscore', 'rsi', 'rcorr', 'rbeta', 'Select', 'FeatureSpec', 'asof_align',
-           'FeatureConfig', 'Warmup', 'FeatureGraph', 'build_graph', 'FeatureFrame', 'feature_inputs',
-           'compute_features', 'forward_return', 'IncrementalFeatures', 'replay']
+__all__ = ['NAN', 'FEATURES', 'RAW_NAMES', 'FEATURE_NAMES', 'FAMILIES', 'DVOL_GRAPH', 'FUNDING_GRAPH', 'MASK_COLUMNS', 'Node',
+           'State', 'wrap', 'Const', 'Input', 'Binary', 'Unary', 'log', 'sqrt', 'absolute', 'sign', 'positive',
+           'maximum', 'minimum', 'Lag', 'RollingSum', 'RollingExtreme', 'EMA', 'MeanAbsDev', 'RollingRank', 'lag',
+           'rsum', 'sma', 'rmax', 'rmin', 'ema', 'wilder', 'rstd', 'zscore', 'rsi', 'rcorr', 'rbeta', 'Select',
+           'FeatureSpec', 'asof_align', 'FeatureConfig', 'Warmup', 'FeatureGraph', 'build_graph', 'FeatureFrame',
+           'feature_inputs', 'compute_features', 'forward_return', 'IncrementalFeatures', 'replay']
 
 # %% ../nbs/20_features.ipynb #3bf483eb
 NAN = float("nan")
@@ -417,7 +417,7 @@ class Select(Node):
     def batch(self, c, a, b): return np.where(np.isnan(c), np.nan, np.where(c > 0, a, b))
     def state(self): return _FnState(lambda c, a, b: NAN if c != c else (a if c > 0 else b))
 
-# %% ../nbs/20_features.ipynb #8856f8a2
+# %% ../nbs/20_features.ipynb #13c59533
 @dataclass(frozen=True)
 class FeatureSpec:
     "One raw feature: its name, family, what it reads and how long it looks back."
@@ -428,6 +428,7 @@ class FeatureSpec:
     warmup: int             # bars before the value is meaningful (NaN before)
     doc: str
     node: Node = field(repr=False, compare=False, default=None)
+    source_warmup: int = 0  # values of its outside series (DVOL days, funding settlements) needed first
 
 def _bar_graph() -> list[FeatureSpec]:
     "The raw features as expressions over the bar inputs."
@@ -527,17 +528,18 @@ def _bar_graph() -> list[FeatureSpec]:
     ]
     d = "dvol"
     specs += [
-        F("dvol_level", d, ("dvol",), (1,), 1, "latest known DVOL / 100 (annualized implied vol)", Input("dvol_level")),
-        F("dvol_change_1d", d, ("dvol",), (1,), 1, "log change of DVOL over its last day", Input("dvol_change_1d")),
-        F("dvol_z_30", d, ("dvol",), (30,), 1, "z-score of DVOL over its last 30 daily values", Input("dvol_z_30")),
+        F("dvol_level", d, ("dvol",), (1,), 1, "latest known DVOL / 100 (annualized implied vol)", Input("dvol_level"), 1),
+        F("dvol_change_1d", d, ("dvol",), (1,), 1, "log change of DVOL over its last day", Input("dvol_change_1d"), 2),
+        F("dvol_z_30", d, ("dvol",), (30,), 1, "z-score of DVOL over its last 30 daily values", Input("dvol_z_30"), 30),
         F("dvol_minus_rvol", d, ("dvol", "close"), (42,), 43, "DVOL / 100 minus annualized rvol_42",
-          Input("dvol_level") - rv42 * math.sqrt(bars_per_year)),
+          Input("dvol_level") - rv42 * math.sqrt(bars_per_year), 1),
     ]
     fu = "funding"
     specs += [
-        F("funding_rate", fu, ("funding",), (1,), 1, "latest settled funding rate (per 8h)", Input("funding_rate")),
-        F("funding_mean_21", fu, ("funding",), (21,), 1, "mean of the last 21 settlements (7 days)", Input("funding_mean_21")),
-        F("funding_z_90", fu, ("funding",), (90,), 1, "z-score of the rate over the last 90 settlements (30 days)", Input("funding_z_90")),
+        F("funding_rate", fu, ("funding",), (1,), 1, "latest settled funding rate (per 8h)", Input("funding_rate"), 1),
+        F("funding_mean_21", fu, ("funding",), (21,), 1, "mean of the last 21 settlements (7 days)", Input("funding_mean_21"), 21),
+        F("funding_z_90", fu, ("funding",), (90,), 1, "z-score of the rate over the last 90 settlements (30 days)",
+          Input("funding_z_90"), 90),
     ]
     ca = "calendar"
     two_pi = 2.0 * math.pi
@@ -669,32 +671,38 @@ def build_graph(config: FeatureConfig | None = None) -> FeatureGraph:
 
 DVOL_GRAPH, FUNDING_GRAPH = FeatureGraph(_dvol_graph()), FeatureGraph(_funding_graph())
 
-# %% ../nbs/20_features.ipynb #4f2a8a9c
+# %% ../nbs/20_features.ipynb #f69ad154
 @dataclass(frozen=True)
 class FeatureFrame:
     "Features of one symbol and the availability of their inputs."
     symbol: str
     features: pd.DataFrame   # index ts (bar open, UTC); exactly FEATURE_NAMES
-    mask: pd.DataFrame       # booleans: bar_complete, warm, cross_available, dvol_available, funding_available
+    mask: pd.DataFrame       # booleans, one per reason a feature can be missing (see `MASK_COLUMNS`)
+    available: pd.DataFrame = None  # booleans per bar and feature (FEATURE_NAMES): every reason clear, so finite
+
+MASK_COLUMNS = ("bar_complete", "warm", "cross_available", "self_reference_btc", "self_reference_eth",
+                "dvol_available", "dvol_warm", "funding_available", "funding_warm")
 
 def _reference_close(md: MarketData, ref: str, symbol: str, bars: pd.DataFrame, interval: str) -> np.ndarray:
-    if ref == symbol:
-        return bars["close"].to_numpy()
+    if ref == symbol:  # a symbol against itself: NaN by definition (see `self_reference_*` in the mask)
+        return np.full(len(bars), np.nan)
     if ref not in md.symbols:
         return np.full(len(bars), np.nan)
     return md.bars(ref, interval)["close"].reindex(bars.index).to_numpy()
 
 def _outside(md: MarketData, kind: SeriesKind, key: str, graph: FeatureGraph, column: str,
-             close_ns: np.ndarray, max_age_hours: float) -> np.ndarray:
+             close_ns: np.ndarray, max_age_hours: float) -> tuple[np.ndarray, np.ndarray]:
+    "The derived values of an outside series at each bar close, and how many of its values were known by then."
     s = md.series.get((kind, key))
     if s is None or len(s.frame) == 0:
-        return np.full((len(close_ns), len(graph.names)), np.nan)
+        return np.full((len(close_ns), len(graph.names)), np.nan), np.zeros(len(close_ns), dtype="int64")
     derived = graph.batch({column: s.frame[column].to_numpy()})
     known = (s.frame.index + known_lag(kind, s.interval)).as_unit("ns").asi8
-    return asof_align(known, derived, close_ns, int(max_age_hours * 3600e9))
+    count = np.searchsorted(known, close_ns, side="right")
+    return asof_align(known, derived, close_ns, int(max_age_hours * 3600e9)), count
 
 def feature_inputs(md: MarketData, symbol: str, config: FeatureConfig) -> tuple[pd.DataFrame, dict]:
-    "The bars of `symbol` and every input array the graph reads, aligned by when each value became known."
+    "The bars of `symbol` and every input array the graph reads, aligned by when each value became known (plus how many DVOL and funding values were known)."
     bars = md.bars(symbol, config.bar_interval)
     close_ns = (bars.index + parse_interval(config.bar_interval)).as_unit("ns").asi8
     env = {k: bars[k].to_numpy() for k in ("open", "high", "low", "close", "volume")}
@@ -703,13 +711,51 @@ def feature_inputs(md: MarketData, symbol: str, config: FeatureConfig) -> tuple[
     env["eth_close"] = _reference_close(md, eth_ref, symbol, bars, config.bar_interval)
     env["hour"] = bars.index.hour.to_numpy().astype("float64")
     env["weekday"] = bars.index.day_of_week.to_numpy().astype("float64")
-    dv = _outside(md, SeriesKind.DVOL, config.dvol_currency, DVOL_GRAPH, "dvol_close", close_ns, config.dvol_max_age_hours)
-    fu = _outside(md, SeriesKind.FUNDING, symbol, FUNDING_GRAPH, "funding_rate", close_ns, config.funding_max_age_hours)
+    dv, env["dvol_count"] = _outside(md, SeriesKind.DVOL, config.dvol_currency, DVOL_GRAPH, "dvol_close", close_ns,
+                                     config.dvol_max_age_hours)
+    fu, env["funding_count"] = _outside(md, SeriesKind.FUNDING, symbol, FUNDING_GRAPH, "funding_rate", close_ns,
+                                        config.funding_max_age_hours)
     for j, k in enumerate(DVOL_GRAPH.names):
         env[k] = dv[:, j]
     for j, k in enumerate(FUNDING_GRAPH.names):
         env[k] = fu[:, j]
     return bars, env
+
+def _trailing_all(ok: np.ndarray, n: int) -> np.ndarray:
+    "True where `ok` held at this bar and the `n - 1` before it."
+    bad = np.concatenate([[0], np.cumsum(~ok)])
+    i = np.arange(len(ok))
+    return (i >= n - 1) & (bad[i + 1] - bad[np.maximum(i + 1 - n, 0)] == 0)
+
+def _trailing_count(ok: np.ndarray, n: int) -> np.ndarray:
+    "How many of this bar and the `n - 1` before it have `ok`."
+    c = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(ok))
+    return c[i + 1] - c[np.maximum(i + 1 - n, 0)]
+
+def _availability(env: dict, mask: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
+    "Per bar and feature: every reason the feature could be missing is clear."
+    n = len(mask)
+    position = np.arange(n)
+    btc_ok = ~np.isnan(env["btc_close"])
+    eth_ok = ~np.isnan(env["eth_close"])
+    out = {}
+    for f in FEATURES:
+        ok = position >= f.warmup
+        span = max(f.windows, default=0) + 1
+        if "btc_close" in f.inputs:
+            ok &= _trailing_all(btc_ok, span)
+        if "eth_close" in f.inputs:
+            ok &= _trailing_all(eth_ok, span)
+        if "dvol" in f.inputs:
+            ok &= mask["dvol_available"].to_numpy() & (env["dvol_count"] >= f.source_warmup)
+        if "funding" in f.inputs:
+            ok &= mask["funding_available"].to_numpy() & (env["funding_count"] >= f.source_warmup)
+        out[f.name] = ok
+    for f in FEATURES:
+        raw = out[f.name]
+        out[f"{f.name}_rank"] = raw & (_trailing_count(raw, config.rank_window) >= config.rank_min_periods)
+    return pd.DataFrame(out, index=mask.index)[FEATURE_NAMES]
 
 def compute_features(md: MarketData,                  # the data, or an `as_of` view of it
                      symbol: str,
@@ -723,13 +769,18 @@ def compute_features(md: MarketData,                  # the data, or an `as_of` 
     values = graph.batch(env)
     feats = pd.DataFrame(values, index=bars.index, columns=graph.names)
     warm = np.arange(len(bars)) >= max(f.warmup for f in FEATURES)
+    btc_ref, eth_ref = config.reference_symbols
+    self_btc, self_eth = np.full(len(bars), symbol == btc_ref), np.full(len(bars), symbol == eth_ref)
+    longest = lambda family: max(f.source_warmup for f in FEATURES if f.family == family)
     mask = pd.DataFrame({"bar_complete": bars["complete"].to_numpy(), "warm": warm,
-                         "cross_available": ~np.isnan(env["btc_close"]) & ~np.isnan(env["eth_close"]),
-                         "dvol_available": ~np.isnan(env["dvol_level"]),
-                         "funding_available": ~np.isnan(env["funding_rate"])}, index=bars.index)
-    return FeatureFrame(symbol, feats, mask)
+                         "cross_available": (self_btc | ~np.isnan(env["btc_close"])) & (self_eth | ~np.isnan(env["eth_close"])),
+                         "self_reference_btc": self_btc, "self_reference_eth": self_eth,
+                         "dvol_available": ~np.isnan(env["dvol_level"]), "dvol_warm": env["dvol_count"] >= longest("dvol"),
+                         "funding_available": ~np.isnan(env["funding_rate"]),
+                         "funding_warm": env["funding_count"] >= longest("funding")}, index=bars.index)
+    return FeatureFrame(symbol, feats, mask[list(MASK_COLUMNS)], _availability(env, mask, config))
 
-# %% ../nbs/20_features.ipynb #6363aef0
+# %% ../nbs/20_features.ipynb #4a6829e1
 def forward_return(bars: pd.DataFrame, horizon: int = 1, interval: str = "4h") -> pd.Series:
     "Forward log return over `horizon` bars, by timestamp (NaN where the future bar is missing)."
     future = bars["close"].reindex(bars.index + horizon * parse_interval(interval)).to_numpy()
@@ -737,7 +788,7 @@ def forward_return(bars: pd.DataFrame, horizon: int = 1, interval: str = "4h") -
         y = np.log(future / bars["close"].to_numpy())
     return pd.Series(y, index=bars.index, name=f"fwd_ret_{horizon}")
 
-# %% ../nbs/20_features.ipynb #1fee453a
+# %% ../nbs/20_features.ipynb #70d4b9b2
 class IncrementalFeatures:
     "Per-bar feature computation for one symbol, identical to `compute_features`."
     def __init__(self, symbol: str, config: FeatureConfig | None = None, graph: FeatureGraph | None = None):
@@ -775,10 +826,10 @@ class IncrementalFeatures:
         self.last_bar = t
         close_ns = t.value + self._interval_ns
         btc_ref, eth_ref = self.config.reference_symbols
-        if self.symbol == btc_ref:
-            btc_close = close
+        if self.symbol == btc_ref:  # against itself: NaN by definition, as in the batch path
+            btc_close = NAN
         if self.symbol == eth_ref:
-            eth_close = close
+            eth_close = NAN
         dv = self._latest(self._dvol, close_ns, self.config.dvol_max_age_hours)
         fu = self._latest(self._funding, close_ns, self.config.funding_max_age_hours)
         inputs = {"open": open, "high": high, "low": low, "close": close, "volume": volume, "btc_close": btc_close,

@@ -58,7 +58,7 @@ class ManualClock:
     def __repr__(self):
         return f"ManualClock({utc(self.ms).isoformat()})"
 
-# %% ../nbs/11a_loopback.ipynb #a14d3600
+# %% ../nbs/11a_loopback.ipynb #7583cd50
 FAULT_KINDS = ("rate_limit", "http_429", "delay", "http_error", "param_error", "error")
 
 @dataclass(frozen=True)
@@ -70,15 +70,16 @@ class Fault:
     status: int | None = None   # HTTP status for 'http_error' and 'error'
     code: int | None = None     # exchange error code for 'error'
     message: str | None = None  # exchange error message for 'param_error' and 'error'
+    reset_after_ms: int = 1000  # 'rate_limit': the limit resets this long after the server clock (Bybit's header)
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS:
             raise ConfigError(f"fault kind {self.kind!r} is not one of {FAULT_KINDS}")
 
     @classmethod
-    def rate_limit(cls, path: str | None = None) -> Fault:
-        "The exchange's rate-limit answer (Bybit retCode 10006, Deribit 10028 with HTTP 429)."
-        return cls("rate_limit", path)
+    def rate_limit(cls, path: str | None = None, reset_after_ms: int = 1000) -> Fault:
+        "The exchange's rate-limit answer (Bybit retCode 10006 with its reset-time header, Deribit 10028 with HTTP 429)."
+        return cls("rate_limit", path, reset_after_ms=reset_after_ms)
 
     @classmethod
     def http_429(cls, path: str | None = None) -> Fault:
@@ -311,7 +312,7 @@ def kline_message(symbol: str,           # e.g. BTCUSDT
             "confirm": bool(confirm), "timestamp": int(ts if ts is not None else end)}
     return {"topic": f"kline.{code}.{symbol}", "data": [item], "ts": item["timestamp"], "type": "snapshot"}
 
-# %% ../nbs/11a_loopback.ipynb #b6a800fd
+# %% ../nbs/11a_loopback.ipynb #cf024a1a
 class BybitRefusal(Exception):
     "Raised by a loopback route handler to answer with a Bybit error code."
     def __init__(self, code: int, message: str):
@@ -390,7 +391,7 @@ class BybitLoopback(LoopbackServer):
 
     def _render_exchange_fault(self, fault: Fault) -> web.Response:
         if fault.kind == "rate_limit":
-            reset = wall_clock_ms() + 1000
+            reset = self.clock() + fault.reset_after_ms   # by the server clock, so an injected clock makes it exact
             return self.refuse(10006, "Too many visits!", headers={
                 "X-Bapi-Limit": "10", "X-Bapi-Limit-Status": "0", "X-Bapi-Limit-Reset-Timestamp": str(reset)})
         if fault.kind == "param_error":

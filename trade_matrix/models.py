@@ -34,8 +34,8 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['MODEL_FORMAT', 'ModelConfig', 'recency_weights', 'TreeModel', 'fit_model', 'transfer', 'save_model', 'read_meta',
-           'load_model', 'TrainConfig', 'TrainingResult', 'walk_forward_variants', 'decide', 'train_instrument',
-           'plot_variants', 'plot_importances']
+           'load_model', 'TrainConfig', 'TrainingResult', 'load_train_config', 'walk_forward_variants', 'decide',
+           'train_instrument', 'plot_variants', 'plot_importances']
 
 # %% ../nbs/23_models.ipynb #9f7b08f5
 class ModelConfig(_Strict):
@@ -296,7 +296,7 @@ def load_model(path: str | Path,                       # a directory written by 
         raise ModelError(f"model directory {path}: {name} holds {model.n_trees} trees, meta.json says {meta.get('n_trees')}")
     return model
 
-# %% ../nbs/23_models.ipynb #150e092e
+# %% ../nbs/23_models.ipynb #9293b21d
 class TrainConfig(_Strict):
     "Everything a training run of one instrument needs."
     model: ModelConfig = ModelConfig()
@@ -319,7 +319,7 @@ class TrainingResult:
     predictions: pd.DataFrame            # out-of-sample: window, label, 1-bar returns and one column per variant
     splits: pd.DataFrame                 # the walk-forward windows (times)
     selection: SelectionResult | None    # Boruta's evidence (None when the feature list was given)
-    n_tests: int                         # variants tried here x other_tests
+    n_tests: int                         # variants tried here x other_tests (the instruments of the run)
     reason: str                          # the decision in words, with the figures
     timings: dict = field(default_factory=dict)
     shuffled: bool = False               # a placebo run (labels permuted)
@@ -339,7 +339,28 @@ class TrainingResult:
     def __repr__(self):
         return f"TrainingResult({self.symbol}, {self.variant}, passed={self.passed}: {self.reason})"
 
-# %% ../nbs/23_models.ipynb #f7d7e5c7
+# %% ../nbs/23_models.ipynb #355cf8e9
+def load_train_config(path: str | Path,            # a TOML file with TrainConfig's sections
+                      overrides: dict | None = None,  # nested values that win over the file (CLI flags)
+                      ) -> TrainConfig:
+    "A `TrainConfig` from a TOML file (and overrides), validated; unknown keys are refused."
+    import tomllib
+    from pydantic import ValidationError
+    from trade_matrix.core import ConfigError, _deep_merge
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"training config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"training config {path} is not valid TOML: {e}") from None
+    try:
+        return TrainConfig.model_validate(_deep_merge(raw, overrides or {}))
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid training config in {path}: {problems}") from None
+
+# %% ../nbs/23_models.ipynb #43c4d992
 def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full variant's locked columns
                           label: pd.Series,            # aligned label
                           symbol: str,
@@ -384,7 +405,7 @@ def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full 
     out["window"] = out["window"].astype(int)
     return out, splits
 
-# %% ../nbs/23_models.ipynb #a5e8371d
+# %% ../nbs/23_models.ipynb #75068dd9
 def _as_predictions(predictions: pd.DataFrame, variant: str) -> pd.DataFrame:
     "One variant's column as the `prediction` of a walk-forward frame (window, prediction, label[, returns])."
     cols = ["window", "prediction", "label"] + (["returns"] if "returns" in predictions.columns else [])
@@ -392,7 +413,7 @@ def _as_predictions(predictions: pd.DataFrame, variant: str) -> pd.DataFrame:
 
 def decide(predictions: pd.DataFrame,   # from `walk_forward_variants`
            config: TrainConfig = TrainConfig(),
-           other_tests: int = 1,         # multiply the count of tests (variants tried for other instruments in the run)
+           other_tests: int = 1,         # instruments tried in the same run: the count of tests is multiplied by it
            ) -> tuple[str, dict[str, GateDecision], pd.DataFrame, int, str]:
     "Gate every variant on its pooled out-of-sample figures and choose: (variant, decisions, table, n_tests, reason)."
     names = [c for c in predictions.columns if c == "full" or c.startswith("transfer_")]
@@ -427,10 +448,13 @@ def decide(predictions: pd.DataFrame,   # from `walk_forward_variants`
     if len(passing) == 2:
         other = [v for v in passing if v != chosen][0]
         verdict += f" (net Sharpe {metrics[chosen].sharpe_net:.2f} vs {other} {metrics[other].sharpe_net:.2f})"
-    reason = f"{verdict}. " + " | ".join(parts) + grid_note + f"; {n_tests} tests corrected for"
+    times = max(1, int(other_tests))
+    count = f"{n_tests} tests corrected for" + (f" ({len(names)} variant{'s' if len(names) > 1 else ''} x {times} instruments)"
+                                                       if times > 1 else "")
+    reason = f"{verdict}. " + " | ".join(parts) + grid_note + f"; {count}"
     return chosen, decisions, table, n_tests, reason
 
-# %% ../nbs/23_models.ipynb #4f4cd41c
+# %% ../nbs/23_models.ipynb #81251f36
 def _labelled(md: MarketData, symbol: str, config: TrainConfig, feature_config=None):
     from trade_matrix.features import compute_features, forward_return
     if symbol not in md.symbols:
@@ -449,7 +473,7 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
                      config: TrainConfig = TrainConfig(),
                      features: tuple[str, ...] | None = None,  # a fixed feature list instead of Boruta selection
                      shuffle_labels: bool = False,         # placebo: permute the labels (seeded by the model seed)
-                     other_tests: int = 1,                 # variants tried for other instruments in the same run
+                     other_tests: int = 1,                 # instruments tried in the same run (multiplies the tests corrected for)
                      feature_config=None,                  # a `trade_matrix.features.FeatureConfig`
                      ) -> TrainingResult:
     "Select, walk forward, gate and fit the final model of one instrument on the data known at `until`."
@@ -510,7 +534,7 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
                           selection=selection, n_tests=n_tests, reason=reason, timings=timings, shuffled=shuffle_labels,
                           config=config)
 
-# %% ../nbs/23_models.ipynb #f966fd9e
+# %% ../nbs/23_models.ipynb #6d878fa5
 def plot_variants(result: TrainingResult,   # from `train_instrument`
                   cost: CostConfig | None = None,
                   ):
@@ -546,7 +570,7 @@ def plot_variants(result: TrainingResult,   # from `train_instrument`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/23_models.ipynb #124bb634
+# %% ../nbs/23_models.ipynb #3ce2468a
 def plot_importances(model: TreeModel):
     "Horizontal bars of the model's feature importance shares."
     import matplotlib.pyplot as plt

@@ -32,13 +32,15 @@ _log = logging.getLogger(__name__)
 __all__ = ['PRODUCTION_ALIAS', 'CHAMPION_ALIAS', 'MODEL_FILES', 'TIER_NAMES', 'PYFUNC_MODEL_CODE', 'artifact_location',
            'check_tracking_store', 'RegisteredVersion', 'LoadedModel', 'pip_requirements', 'ModelRegistry']
 
-# %% ../nbs/24_registry.ipynb #41d5a36a
+# %% ../nbs/24_registry.ipynb #2e2d6f79
 PRODUCTION_ALIAS = "production"  # the version that trades; moved only by `promote` / `rollback`
-CHAMPION_ALIAS = "champion"      # the latest version whose gates passed; moved by `log_training`
+CHAMPION_ALIAS = "champion"      # the latest non-placebo version whose gates passed; moved by `log_training`
 MODEL_FILES = "model_files"      # the run artifact folder holding the `save_model` directory
 TIER_NAMES = {1: "registry alias", 2: "run id", 3: "artifact store", 4: "local files"}
 _HISTORY_TAG = "production_history"
 _GATE_FIGURES = ("ic", "hit_rate", "sharpe_net", "sharpe_gross", "turnover", "p_value", "p_value_corrected")
+_WINDOW_FIGURES = {"ic": "ic", "sharpe_net": "sharpe_net", "hit_rate": "hit_rate", "p_value": "ic_p_value",
+                   "max_drawdown": "max_drawdown", "turnover": "turnover"}  # metric window_<key> <- windows.csv column
 
 # %% ../nbs/24_registry.ipynb #33b39b97
 def _has_scheme(location: str) -> bool:
@@ -161,7 +163,7 @@ class LoadedModel:
         return (f"LoadedModel({self.model.symbol} version {self.version}, {self.model.model_id}, tier {self.tier} "
                 f"({self.tier_name}), {len(self.failures)} tier(s) failed first)")
 
-# %% ../nbs/24_registry.ipynb #8944ff07
+# %% ../nbs/24_registry.ipynb #38099787
 def _flat(prefix: str, doc: dict) -> dict:
     return {f"{prefix}.{k}": v for k, v in doc.items()}
 
@@ -203,7 +205,7 @@ def _training_metrics(result: TrainingResult) -> list[tuple[str, float, int]]:
     for variant, row in result.variants.iterrows():
         out += [(f"{variant}_{k}", row.get(k), 0) for k in ("ic", "sharpe_net", "p_value_corrected")]
     for window, row in result.windows.iterrows():
-        out += [(f"window_{k}", row.get(k), int(window)) for k in ("ic", "sharpe_net", "hit_rate")]
+        out += [(f"window_{name}", row.get(column), int(window)) for name, column in _WINDOW_FIGURES.items()]
     return [(k, _number(v), s) for k, v, s in out if _number(v) is not None]
 
 # %% ../nbs/24_registry.ipynb #470a6df9
@@ -289,7 +291,7 @@ def _signature(model: TreeModel):
     return ModelSignature(inputs=Schema([ColSpec("double", name, required=False) for name in model.locked.features]),
                           outputs=Schema([ColSpec("double", "prediction")]))
 
-# %% ../nbs/24_registry.ipynb #75a299b7
+# %% ../nbs/24_registry.ipynb #97439b9d
 class ModelRegistry:
     "Per-instrument models in MLflow: training runs, versions, aliases, promotion, and the 4-tier loader."
 
@@ -382,7 +384,7 @@ class ModelRegistry:
                      config=None,                        # the `TrainConfig` used: its sections are logged as params
                      plots: bool = True,                 # log the PNG figures
                      ) -> RegisteredVersion:
-        "Log one training run with its evidence, register it as a new version; a pass makes it @champion."
+        "Log one training run with its evidence, register it as a new version; a pass (not a placebo) makes it @champion."
         import mlflow
         from mlflow.entities import Metric, Param, RunTag
         client = self._client(create=True)
@@ -422,10 +424,12 @@ class ModelRegistry:
                                          model_id=info.model_id, await_creation_for=0,
                                          description=f"{result.variant}, data until {iso(result.until)}: {result.reason[:400]}")
         version = int(mv.version)
-        if result.passed:
+        champion = result.passed and not result.shuffled   # a placebo that clears the gates by luck never trades
+        if champion:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
         _log.info("%s: run %s registered as %s version %d (%s)", result.symbol, run_id, name, version,
-                  "passed, now @champion" if result.passed else "failed its gates, no alias moved")
+                  "passed, now @champion" if champion else
+                  "placebo (shuffled labels), no alias moved" if result.shuffled else "failed its gates, no alias moved")
         return RegisteredVersion(result.symbol, name, version, run_id, artifact_uri)
 
     # -- promotion
@@ -471,7 +475,7 @@ class ModelRegistry:
 
     def promote(self, symbol: str,
                 version: int | None = None,  # None: the @champion version
-                force: bool = False,         # allow a version whose gates failed
+                force: bool = False,         # allow a version whose gates failed (never a placebo run)
                 ) -> RegisteredVersion:
         "Move @production to `version` (default @champion), remember the previous one, export tier 4."
         client = self._client()
@@ -484,6 +488,9 @@ class ModelRegistry:
                                  "name a version to promote") from None
         else:
             mv = self._version(client, symbol, version)
+        if mv.tags.get("shuffled") == "true":
+            raise ModelError(f"{name} version {mv.version} is a placebo run (trained on shuffled labels); "
+                             "it can never be promoted, not even with force=True")
         if mv.tags.get("passed") != "true" and not force:
             raise ModelError(f"{name} version {mv.version} failed its gates "
                              f"({mv.tags.get('reason', 'no reason recorded')[:300]}); refusing to promote it (force=True overrides)")
@@ -594,7 +601,7 @@ class ModelRegistry:
         "The verified model of `symbol` from the first tier that serves it: alias, run id, artifact store, local files."
         return _load_tiers(self, symbol, alias)
 
-# %% ../nbs/24_registry.ipynb #5ab99a74
+# %% ../nbs/24_registry.ipynb #bab3ef53
 def _deployment(registry: ModelRegistry, symbol: str) -> dict:
     "The deployment record `<models_dir>/<symbol>/deployed.json`, checked."
     path = registry.models_dir / symbol / "deployed.json"

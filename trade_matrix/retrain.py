@@ -340,7 +340,7 @@ def step_features(params: RetrainParams, data: StepResult,
     return StepResult("features", time.perf_counter() - t0, {"symbols": summary}, table,
                       {"selections": selections, "latest_features": latest}, {"boruta": plot})
 
-# %% ../nbs/60_retrain.ipynb #94405243
+# %% ../nbs/60_retrain.ipynb #d2a87d3b
 def production_models(registry, symbols) -> dict:
     "symbol -> (the model served now or None, a JSON-ready note of where it came from or why there is none)."
     log = logging.getLogger("trade_matrix.registry")
@@ -358,10 +358,10 @@ def production_models(registry, symbols) -> dict:
     return out
 
 def _train_one(args):
-    "Worker: `train_instrument` on the locked features of step 2."
+    "Worker: `train_instrument` on the locked features of step 2, corrected for the run's instruments."
     from trade_matrix.models import train_instrument
-    md, symbol, until, production, config, features = args
-    return train_instrument(md, symbol, until, production, config, features=features)
+    md, symbol, until, production, config, features, instruments = args
+    return train_instrument(md, symbol, until, production, config, features=features, other_tests=instruments)
 
 def step_train(params: RetrainParams, data: StepResult, features: StepResult,
                registry=None,                  # a `ModelRegistry` (default: from the run's settings)
@@ -374,7 +374,8 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
     config = params.train_config()
     prod = production_models(registry, params.symbols)
     sel = features.outputs["selections"]
-    jobs = [(data.outputs["md"], s, data.outputs["until"], prod[s][0], config, tuple(sel[s].selected))
+    instruments = len(params.symbols)   # the multiple-testing count: every instrument is tried in this run
+    jobs = [(data.outputs["md"], s, data.outputs["until"], prod[s][0], config, tuple(sel[s].selected), instruments)
             for s in params.symbols]
     results = dict(zip(params.symbols, parallel_map(_train_one, jobs, params.n_jobs)))
     rows, summary = [], {}
@@ -383,7 +384,8 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
         d = r.decision
         row = {"symbol": s, "production_before": prod[s][1].get("version"), "variant": r.variant,
                "variants_tried": len(r.variants), "ic": d.ic, "hit_rate": d.hit_rate, "sharpe_net": d.sharpe,
-               "sharpe_gross": d.sharpe_gross, "turnover": d.turnover, "p_corrected": d.p_value_corrected,
+               "sharpe_gross": d.sharpe_gross, "turnover": d.turnover, "p_raw": d.p_value,
+               "p_corrected": d.p_value_corrected, "n_tests": r.n_tests, "instruments": instruments,
                "passed": d.passed, "n_trees": r.model.n_trees, "seconds": round(r.timings.get("total_s", 0.0), 2)}
         rows.append(row)
         summary[s] = {k: v for k, v in row.items() if k != "symbol"} | {
@@ -391,7 +393,8 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
             "variants": json.loads(r.variants.to_json(orient="index"))}
     table = pd.DataFrame(rows).set_index("symbol")
     plots = {f"variants_{s}": (lambda r=r: plot_variants(r)) for s, r in results.items()}
-    return StepResult("training", time.perf_counter() - t0, {"symbols": summary, "n_windows": params.n_windows},
+    return StepResult("training", time.perf_counter() - t0,
+                      {"symbols": summary, "n_windows": params.n_windows, "instruments_tested": instruments},
                       table, {"results": results, "production": prod, "registry": registry, "config": config}, plots)
 
 # %% ../nbs/60_retrain.ipynb #8e43fe1a
@@ -564,7 +567,7 @@ def step_backtest(params: RetrainParams, data: StepResult, signals: StepResult,
     return StepResult("backtest", time.perf_counter() - t0, summary, table, {"result": result},
                       {"equity": lambda: plot_equity(result), "drawdown": lambda: plot_drawdown(result)})
 
-# %% ../nbs/60_retrain.ipynb #c3f43233
+# %% ../nbs/60_retrain.ipynb #01a6c297
 def step_gates(params: RetrainParams, training: StepResult) -> StepResult:
     "Step 7: the gate decision per instrument, check by check."
     t0 = time.perf_counter()
@@ -577,10 +580,13 @@ def step_gates(params: RetrainParams, training: StepResult) -> StepResult:
             row[k] = c["value"]
             row[f"{k}_min" if k != "p_value" else "p_max"] = c["threshold"]
             row[f"{k}_ok"] = c["passed"]
+        row["p_value_raw"] = d.p_value
         row["n_tests"] = d.n_tests
+        row["instruments"] = len(results)
         rows.append(row)
         summary[s] = {"passed": d.passed, "variant": r.variant, "checks": d.checks, "n_tests": d.n_tests,
-                      "p_value_raw": d.p_value, "reason": r.reason}
+                      "instruments_tested": len(results), "p_value_raw": d.p_value,
+                      "p_value_corrected": d.p_value_corrected, "reason": r.reason}
     table = pd.DataFrame(rows).set_index("symbol")
 
     def plot():
@@ -601,9 +607,10 @@ def step_gates(params: RetrainParams, training: StepResult) -> StepResult:
         return fig
 
     return StepResult("gates", time.perf_counter() - t0,
-                      {"passed": [s for s, r in results.items() if r.passed], "symbols": summary}, table, {}, {"gates": plot})
+                      {"passed": [s for s, r in results.items() if r.passed], "instruments_tested": len(results),
+                       "symbols": summary}, table, {}, {"gates": plot})
 
-# %% ../nbs/60_retrain.ipynb #0da6ccfc
+# %% ../nbs/60_retrain.ipynb #2577d411
 def step_register(params: RetrainParams, data: StepResult, training: StepResult,
                   rl: StepResult | None = None,
                   run_dir=None,              # recorded with each run (`retrain_run` parameter)
@@ -620,7 +627,7 @@ def step_register(params: RetrainParams, data: StepResult, training: StepResult,
                                    config=training.outputs["config"])
         before = prod[s][1].get("version")
         promoted, action, local = False, "none: no production model", None
-        if promote and r.passed:
+        if promote and r.passed and not r.shuffled:   # a placebo never trades (the registry refuses it too)
             registry.promote(s, rv.version)
             promoted, action = True, f"promoted version {rv.version}"
             local = str(registry.models_dir / s)
@@ -677,7 +684,7 @@ def run_steps(params: RetrainParams | dict,
         finish_metrics(run_dir, out, params)
     return out
 
-# %% ../nbs/60_retrain.ipynb #c6e3239a
+# %% ../nbs/60_retrain.ipynb #b2beb920
 def finish_metrics(run_dir, steps: dict[str, StepResult], params: RetrainParams | None = None,
                    status: str = "ok") -> dict:
     "Write the final metrics.json: status, per-step seconds, per-symbol gates/decision/version/promoted, backtest."
@@ -689,6 +696,8 @@ def finish_metrics(run_dir, steps: dict[str, StepResult], params: RetrainParams 
         r = reg.summary["symbols"].get(s, {}) if reg else {}
         symbols[s] = {"gates": {k: c["value"] for k, c in g.get("checks", {}).items()} | {"passed": g.get("passed")},
                       "passed": g.get("passed"), "variant": g.get("variant"), "decision": g.get("reason"),
+                      "n_tests": g.get("n_tests"), "instruments_tested": g.get("instruments_tested"),
+                      "p_value_raw": g.get("p_value_raw"), "p_value_corrected": g.get("p_value_corrected"),
                       "version": r.get("version"), "promoted": r.get("promoted"),
                       "production_before": r.get("production_before"), "production_after": r.get("production_after"),
                       "rl_policy_installed": r.get("rl_policy_installed")}
@@ -784,7 +793,7 @@ def run_retrain(params: dict | RetrainParams | None = None,  # RetrainParams fie
                          wall_seconds=round((pd.Timestamp.now(tz="UTC") - started).total_seconds(), 2))
     return RetrainRun(run_dir, doc, error is None, error)
 
-# %% ../nbs/60_retrain.ipynb #b5491fbb
+# %% ../nbs/60_retrain.ipynb #fa3eef5f
 def parse_params(pairs) -> dict:
     "`[(name, value), ...]` from `-p name value` as a dict; values parsed as JSON when they parse, else strings."
     allowed = list(RetrainParams.model_fields)
@@ -829,8 +838,10 @@ def retrain_command(params: list[tuple[str, str]],   # `-p name value` pairs
         for s, d in (run.metrics.get("symbols") or {}).items():
             g = d.get("gates") or {}
             fmt = lambda v: "nan" if v is None else f"{v:.3f}"
+            tests = (f" corrected for {d['n_tests']} tests over {d.get('instruments_tested')} instrument(s), raw "
+                     f"{fmt(d.get('p_value_raw'))}" if d.get("n_tests") else "")
             print(f"{s}: gates {'PASSED' if d.get('passed') else 'failed'} (IC {fmt(g.get('ic'))}, hit rate "
-                  f"{fmt(g.get('hit_rate'))}, Sharpe {fmt(g.get('sharpe'))}, p {fmt(g.get('p_value'))}); version "
+                  f"{fmt(g.get('hit_rate'))}, Sharpe {fmt(g.get('sharpe'))}, p {fmt(g.get('p_value'))}{tests}); version "
                   f"{d.get('version')}, {'promoted' if d.get('promoted') else 'production unchanged'} "
                   f"(@production {d.get('production_before')} -> {d.get('production_after')})", file=stdout)
         bt = run.metrics.get("backtest")

@@ -33,7 +33,7 @@ __all__ = ['SelectionConfig', 'Decision', 'fdr_reject', 'boruta_decide', 'make_s
            'apply_size_rule', 'boruta', 'planted_signal_frame', 'plot_selection', 'select_features',
            'features_checksum', 'feature_set_version', 'LockedFeatures']
 
-# %% ../nbs/21_selection.ipynb #080b8925
+# %% ../nbs/21_selection.ipynb #85b928b5
 class SelectionConfig(BaseModel):
     "How Boruta selection runs: estimator, iterations, test level, size rule and training window."
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,9 +45,10 @@ class SelectionConfig(BaseModel):
     colsample: float = Field(0.5, gt=0, le=1)     # column fraction per tree
     min_child_samples: int = Field(50, ge=1)      # rows per leaf at least (min_child_weight for xgboost)
     n_jobs: int = Field(1, ge=1)                  # threads per fit (1: parallelise across instruments instead); part of what makes a run repeatable
-    max_iter: int = Field(50, ge=2)               # Boruta iterations at most
+    max_iter: int = Field(100, ge=2)              # Boruta iterations at most
     alpha: float = Field(0.05, gt=0, le=1)        # test level for confirming and rejecting
     perc: float = Field(100, gt=0, le=100)        # percentile of shadow importances used as the bar (100 = max)
+    tentative_fix: Literal["rough", "keep"] = "rough"  # "rough": Boruta's TentativeRoughFix decides the tentative; "keep": all are candidates
     two_step: bool = True                          # BorutaPy's FDR-then-Bonferroni correction; False = Bonferroni over features
     min_features: int = Field(9, ge=1)            # the size rule's floor
     max_features: int = Field(13, ge=1)           # the size rule's cap
@@ -144,7 +145,7 @@ def importances(x: np.ndarray,              # training columns (NaN allowed)
     total = imp.sum()
     return imp / total if total > 0 else np.zeros_like(imp)
 
-# %% ../nbs/21_selection.ipynb #99a104ec
+# %% ../nbs/21_selection.ipynb #16b2c30c
 @dataclass(frozen=True, eq=False)
 class SelectionResult:
     "What Boruta selection chose for one instrument, and the evidence."
@@ -154,7 +155,7 @@ class SelectionResult:
     importance_history: pd.DataFrame       # iteration x feature gain shares; NaN once a feature is rejected
     shadow_max: pd.Series                  # the shadow bar (perc-percentile of shadow importances) per iteration
     rule: str                              # how the size rule formed `selected`
-    filled: tuple[str, ...]                # members of `selected` taken from the rejected features
+    filled: tuple[str, ...]                # padding: members of `selected` Boruta did not accept (logged as a warning)
     seed: int
     elapsed_s: float                       # seconds spent in Boruta
     config: SelectionConfig = field(default_factory=SelectionConfig)
@@ -164,6 +165,7 @@ class SelectionResult:
     train_end: pd.Timestamp | None = None
     known_by: pd.Timestamp | None = None   # the data snapshot: nothing later was visible
     features_s: float = 0.0                # seconds spent computing features and the label
+    roughly_fixed: tuple[str, ...] = ()    # tentative features the rough fix accepted (candidates like the confirmed)
 
     @property
     def n_iterations(self) -> int:
@@ -185,6 +187,11 @@ class SelectionResult:
         return self._with(Decision.REJECTED)
 
     @property
+    def padded(self) -> tuple[str, ...]:
+        "Members of `selected` that Boruta did not accept (the same as `filled`)."
+        return self.filled
+
+    @property
     def median_importance(self) -> pd.Series:
         "Median gain share over the iterations each feature took part in."
         return self.importance_history.median(skipna=True)
@@ -202,40 +209,46 @@ class SelectionResult:
 
     def __repr__(self):
         return (f"SelectionResult({self.symbol or '?'}: {len(self.selected)} selected of {len(self.decisions)}; "
-                f"{len(self.confirmed)} confirmed, {len(self.tentative)} tentative, {len(self.rejected)} rejected; "
-                f"{self.n_iterations} iterations, {self.elapsed_s:.1f} s, seed {self.seed})")
+                f"{len(self.confirmed)} confirmed, {len(self.tentative)} tentative ({len(self.roughly_fixed)} accepted by the "
+                f"rough fix), {len(self.rejected)} rejected, {len(self.filled)} padded; {self.n_iterations} iterations, {self.elapsed_s:.1f} s, seed {self.seed})")
 
-# %% ../nbs/21_selection.ipynb #32d8c3d5
+# %% ../nbs/21_selection.ipynb #ae92c5f4
 def apply_size_rule(decisions: dict[str, Decision],     # Boruta's verdict per feature
                     hits: pd.Series,                     # hits per feature
                     history: pd.DataFrame,               # importance history (NaN once rejected)
                     min_features: int = 9,               # floor
                     max_features: int = 13,              # cap
+                    accepted_tentative=None,             # the tentative features the rough fix accepted (None: all)
                     ) -> tuple[tuple[str, ...], str, tuple[str, ...]]:
-    "The selected features (by median importance), a description of the rule applied, and the ones filled from rejected."
+    "The selected features (by median importance), a description of the rule applied, and the padding Boruta did not accept."
     med = history.median(skipna=True)
     rate = hits / history.notna().sum().clip(lower=1)
     by_importance = lambda names: sorted(names, key=lambda n: (-med[n], n))
     confirmed = by_importance([n for n, d in decisions.items() if d is Decision.CONFIRMED])
     tentative = by_importance([n for n, d in decisions.items() if d is Decision.TENTATIVE])
+    accepted = tentative if accepted_tentative is None else [n for n in tentative if n in set(accepted_tentative)]
+    declined = [n for n in tentative if n not in set(accepted)]
     rejected = sorted((n for n, d in decisions.items() if d is Decision.REJECTED), key=lambda n: (-rate[n], -med[n], n))
-    pool = confirmed + tentative
+    pool = confirmed + accepted
     counts = f"{len(confirmed)} confirmed, {len(tentative)} tentative"
+    if accepted_tentative is not None:
+        counts += f" ({len(accepted)} accepted by the rough fix)"
     filled: list[str] = []
     if len(pool) > max_features:
         chosen = pool[:max_features]
         rule = f"{counts}: capped at max_features={max_features} (confirmed first, then by median importance)"
     elif len(pool) < min_features:
-        filled = rejected[: min_features - len(pool)]
+        filled = (declined + rejected)[: min_features - len(pool)]
+        source = "the declined tentative, then the rejected by hit rate" if declined else "the rejected by hit rate"
         chosen = pool + filled
-        rule = (f"{counts}: below min_features={min_features}, filled {len(filled)} from the rejected by hit rate"
+        rule = (f"{counts}: below min_features={min_features}, filled {len(filled)} from {source}"
                 + (f" (only {len(chosen)} candidates exist)" if len(chosen) < min_features else ""))
     else:
         chosen = pool
         rule = f"{counts}: within [{min_features}, {max_features}], all kept"
     return tuple(by_importance(chosen)), rule, tuple(filled)
 
-# %% ../nbs/21_selection.ipynb #f0af01f2
+# %% ../nbs/21_selection.ipynb #fc33194f
 def boruta(features: pd.DataFrame,                    # candidate features, one row per bar (NaN allowed)
            label: pd.Series,                           # the target, aligned with `features`
            config: SelectionConfig = SelectionConfig(),  # estimator, iterations, tests, size rule
@@ -277,14 +290,18 @@ def boruta(features: pd.DataFrame,                    # candidate features, one 
     verdict = {nm: code[int(d)] for nm, d in zip(names, decisions)}
     hist = pd.DataFrame(history, columns=names, index=pd.RangeIndex(1, iteration + 1, name="iteration"))
     hit_series = pd.Series(hits, index=names, name="hits")
-    selected, rule, filled = apply_size_rule(verdict, hit_series, hist, config.min_features, config.max_features)
+    bar_median = float(np.median(shadow_bar)) if shadow_bar else 0.0
+    med = hist.median(skipna=True)
+    rough = tuple(nm for nm in names if verdict[nm] is Decision.TENTATIVE and med[nm] > bar_median)
+    selected, rule, filled = apply_size_rule(verdict, hit_series, hist, config.min_features, config.max_features,
+                                             rough if config.tentative_fix == "rough" else None)
     if filled:
-        _log.warning("%s: Boruta kept %d features; %d filled from the rejected (%s)", symbol or "selection",
+        _log.warning("%s: Boruta accepted %d features; padded with %d it did not accept (%s)", symbol or "selection",
                      len(selected) - len(filled), len(filled), ", ".join(filled))
     return SelectionResult(selected=selected, decisions=verdict, hits=hit_series, importance_history=hist,
                            shadow_max=pd.Series(shadow_bar, index=hist.index, name="shadow_max"), rule=rule,
                            filled=filled, seed=config.seed, elapsed_s=time.perf_counter() - start, config=config,
-                           symbol=symbol, n_rows=len(y),
+                           symbol=symbol, n_rows=len(y), roughly_fixed=rough if config.tentative_fix == "rough" else (),
                            train_start=features.index[0] if isinstance(features.index, pd.DatetimeIndex) and len(y) else None,
                            train_end=features.index[-1] if isinstance(features.index, pd.DatetimeIndex) and len(y) else None)
 

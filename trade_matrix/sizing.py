@@ -222,7 +222,7 @@ def track_signals(predictions: pd.Series,   # the model's prediction at each bar
     rows = [t.update(p, r) for p, r in zip(predictions.to_numpy(dtype="float64"), returns.to_numpy(dtype="float64"))]
     return pd.DataFrame(rows, index=predictions.index)
 
-# %% ../nbs/31_sizing.ipynb #035d91d2
+# %% ../nbs/31_sizing.ipynb #179bf43e
 DEFAULT_REGIME_FRACTIONS = {Regime.BULL: 0.67, Regime.NEUTRAL: 0.50, Regime.BEAR: 0.25, Regime.CRISIS: 0.17}
 
 class KellyConfig(_Strict):
@@ -230,7 +230,8 @@ class KellyConfig(_Strict):
     regime_fractions: dict[Regime, float] = DEFAULT_REGIME_FRACTIONS  # Kelly fraction per regime
     max_position: float = Field(1.0, gt=0)     # |target| cap (1 = the instrument's whole allocation)
     long_only: bool = False
-    min_ic: float = Field(0.0, ge=0)           # below this rolling IC, no edge: size zero
+    min_ic: float = Field(0.0, ge=0)           # Kelly sizes zero unless the IC it sizes with (`skill`) is above this
+    failing_ic: float = Field(0.0, ge=-1, le=1)  # below this rolling (20-bar) IC Kelly adds no risk: its target is 0
     holding_bars: float = Field(20.0, gt=0)    # cap on the horizon an expected return is assumed to last (bars)
     max_step: float | None = Field(None, gt=0)  # cap on |change| per bar (None: no cap)
 
@@ -335,7 +336,7 @@ def choose_tier(confidence: float, ic: float, policy_ok: bool, breaker: BreakerS
         return SizingTier.FULL_RL, f"{figures}: both high"
     return SizingTier.BLENDED, f"{figures}: medium"
 
-# %% ../nbs/31_sizing.ipynb #894127bc
+# %% ../nbs/31_sizing.ipynb #846d92cb
 @dataclass(frozen=True)
 class SizingDecision:
     "How one bar's target position was decided."
@@ -377,8 +378,13 @@ class Sizer:
                time=None) -> SizingDecision:
         "The target position for the next bar, with its tier and reason."
         skill = ic if skill is None else skill
-        alpha = expected_return(signal, skill, sigma)
-        kelly = kelly_target(signal, skill, sigma, regime_probabilities, self.kelly)
+        alpha = expected_return(signal, skill, sigma)        # the band still weighs the position by the long-run skill
+        if ic >= self.kelly.failing_ic:
+            kelly, edge = kelly_target(signal, skill, sigma, regime_probabilities, self.kelly), ""
+        else:                                                # failing (or unknown) rolling IC: Kelly adds no risk
+            kelly = 0.0
+            edge = (f"; no edge: rolling IC {ic:.3f} < {self.kelly.failing_ic:.3f}, Kelly 0" if math.isfinite(ic)
+                    else "; no edge: rolling IC unknown (not enough history), Kelly 0")
         rl, note = None, ""
         if self.policy is not None:
             obs = {"signal": signal, "confidence": confidence, "position": position, "drawdown": drawdown}
@@ -405,9 +411,9 @@ class Sizer:
             new, band = rebalance(position, raw, alpha, sigma, self.cost, h, self.kelly.max_step)
             traded = new != position
         return SizingDecision(self.symbol, utc(time) if time is not None else None, tier, float(new), float(raw), kelly, rl,
-                              position, traded, f"{tier.value}: {why}{note}; {band}", signal, confidence, ic, sigma, alpha, regime)
+                              position, traded, f"{tier.value}: {why}{note}{edge}; {band}", signal, confidence, ic, sigma, alpha, regime)
 
-# %% ../nbs/31_sizing.ipynb #bd8ae5a6
+# %% ../nbs/31_sizing.ipynb #72a78b04
 def signal_frame(md,                          # `MarketData`
                  symbol: str,
                  until=None,                  # data known by this time (default: all)
@@ -483,7 +489,7 @@ def kelly_positions(frame: pd.DataFrame,              # a `signal_frame`
         out[i] = pos
     return out
 
-# %% ../nbs/31_sizing.ipynb #8e494fe0
+# %% ../nbs/31_sizing.ipynb #a11d7e2a
 def plot_positions(frame: pd.DataFrame, positions: np.ndarray, title: str = ""):
     "Price-free view of a sizing run: the signal, rolling IC and the position over time."
     import matplotlib.pyplot as plt

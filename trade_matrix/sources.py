@@ -29,10 +29,11 @@ from .data import COLUMNS, validate_frame
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['BYBIT_INTERVAL_CODES', 'DERIBIT_RESOLUTIONS', 'BYBIT_RETRYABLE_CODES', 'BYBIT_FATAL_CODES', 'KLINE_PAGE_LIMIT',
-           'FUNDING_PAGE_LIMIT', 'DERIBIT_RETRYABLE_CODES', 'DERIBIT_FATAL_CODES', 'DERIBIT_VOLATILITY_PATH',
-           'bybit_interval', 'deribit_resolution', 'call_with_retries', 'bybit_refusal', 'http_failure',
-           'network_failure', 'kline_frame', 'BybitSource', 'KlineSubscription', 'deribit_result', 'DeribitSource']
+__all__ = ['BYBIT_INTERVAL_CODES', 'DERIBIT_RESOLUTIONS', 'BYBIT_RETRYABLE_CODES', 'BYBIT_FATAL_CODES', 'BYBIT_RATE_LIMIT_CODE',
+           'BYBIT_RESET_HEADER', 'KLINE_PAGE_LIMIT', 'FUNDING_PAGE_LIMIT', 'DERIBIT_RETRYABLE_CODES',
+           'DERIBIT_FATAL_CODES', 'DERIBIT_VOLATILITY_PATH', 'bybit_interval', 'deribit_resolution',
+           'call_with_retries', 'bybit_refusal', 'http_failure', 'network_failure', 'kline_frame', 'BybitSource',
+           'KlineSubscription', 'deribit_result', 'DeribitSource']
 
 # %% ../nbs/11_sources.ipynb #d0e4f2b4
 BYBIT_INTERVAL_CODES = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D")
@@ -54,15 +55,19 @@ def deribit_resolution(interval: str) -> str:
         raise ConfigError(f"Deribit has no {interval} volatility-index resolution; use 1m, 1h, 12h or 1d")
     return code
 
-# %% ../nbs/11_sources.ipynb #f98c35eb
+# %% ../nbs/11_sources.ipynb #bc14fc77
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 def call_with_retries(call: Callable[[], Any],          # one attempt; raises TemporaryExchangeError when worth retrying
                       what: str,                        # names the request in messages: exchange, endpoint, symbol
                       max_retries: int,                 # retries after the first attempt
                       backoff_s: float,                 # first delay; doubles each retry
                       sleep: Callable[[float], None] = time.sleep,  # how to wait (tests pass a recorder)
                       max_backoff_s: float = 30.0,      # no single delay is longer than this
+                      clock: Callable[[], int] = _now_ms,  # now in epoch ms, to wait until an error's `retry_at_ms`
                       ) -> Any:
-    "`call()`, retried with exponential backoff on `TemporaryExchangeError`."
+    "`call()`, retried on `TemporaryExchangeError`: until the exchange's reset time when it gave one, else with exponential backoff."
     attempts = max_retries + 1
     last: TemporaryExchangeError | None = None
     for attempt in range(1, attempts + 1):
@@ -71,19 +76,31 @@ def call_with_retries(call: Callable[[], Any],          # one attempt; raises Te
         except TemporaryExchangeError as e:
             last = e
             if attempt < attempts:
-                delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
+                retry_at = getattr(e, "retry_at_ms", None)
+                if retry_at is not None:
+                    delay = min(max(0.0, (retry_at - clock()) / 1000), max_backoff_s)
+                else:
+                    delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
                 _logger.warning("%s: %s; retry %d of %d in %.2f s", what, e, attempt, max_retries, delay)
                 sleep(delay)
     raise TemporaryExchangeError(f"{what} failed after {attempts} attempts; last error: {last}") from last
 
-# %% ../nbs/11_sources.ipynb #3b62a7e8
+# %% ../nbs/11_sources.ipynb #291732df
 BYBIT_RETRYABLE_CODES = {10000, 10002, 10006, 10016, 10018, 10429}
 BYBIT_FATAL_CODES = {10003, 10004, 10005, 10007, 10009, 10010, 33004}
 _RETRYABLE_HTTP = {403, 408, 409, 425, 429}
 
-def bybit_refusal(code: int, message: str, what: str) -> ExchangeError | FatalError:
+BYBIT_RATE_LIMIT_CODE = 10006
+BYBIT_RESET_HEADER = "X-Bapi-Limit-Reset-Timestamp"
+
+def bybit_refusal(code: int, message: str, what: str,
+                  reset_ms: int | None = None,  # for 10006: the X-Bapi-Limit-Reset-Timestamp header (epoch ms), if sent
+                  ) -> ExchangeError | FatalError:
     "The error to raise for Bybit `retCode` `code` on request `what`."
     text = f"{what}: Bybit retCode {code} {message!r}"
+    if code == BYBIT_RATE_LIMIT_CODE and reset_ms is not None:
+        return TemporaryExchangeError(f"{text}; the limit resets at {pd.Timestamp(reset_ms, unit='ms', tz='UTC').isoformat()}",
+                                      retry_at_ms=reset_ms)
     if code in BYBIT_RETRYABLE_CODES:
         return TemporaryExchangeError(text)
     if code in BYBIT_FATAL_CODES:
@@ -108,13 +125,18 @@ def network_failure(error: Exception, what: str, timeout_s: float) -> TemporaryE
         return TemporaryExchangeError(f"{what}: connection failed ({type(error).__name__}: {error})")
     return ExchangeError(f"{what}: request failed ({type(error).__name__}: {error})")
 
-# %% ../nbs/11_sources.ipynb #bf5da240
+def _reset_ms(headers) -> int | None:
+    "The rate-limit reset time (epoch ms) from Bybit's response headers, or None if absent or not a number."
+    value = headers.get(BYBIT_RESET_HEADER) if headers is not None else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+# %% ../nbs/11_sources.ipynb #cf0a4255
 KLINE_PAGE_LIMIT = 1000
 FUNDING_PAGE_LIMIT = 200
 _WSS_LOCK = threading.Lock()  # pybit reads its WebSocket URL from a module global: one construction at a time
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 def kline_frame(item: dict,          # one element of a kline push's `data` (start, open, high, low, close, volume)
                 interval: str,       # our interval, for the grid check
@@ -165,15 +187,16 @@ class BybitSource:
             try:
                 return call(**params)
             except InvalidRequestError as e:
-                raise bybit_refusal(e.status_code, e.message, what) from e
+                raise bybit_refusal(e.status_code, e.message, what, _reset_ms(e.resp_headers)) from e
             except FailedRequestError as e:
                 raise http_failure(e.status_code, e.message, what) from e
             except requests.exceptions.RequestException as e:
                 raise network_failure(e, what, self.config.timeout_s) from e
-        return call_with_retries(once, what, self.config.max_retries, self.config.backoff_s, self.sleep)
+        return call_with_retries(once, what, self.config.max_retries, self.config.backoff_s, self.sleep, clock=self.clock)
 
-    def _page_backwards(self, method, what, params, start_key, end_key, start_ms, end_ms, limit, time_of) -> dict[int, Any]:
-        "Rows by time in `[start_ms, end_ms)`, walking pages backwards from `end_ms`."
+    def _page_backwards(self, method, what, params, start_key, end_key, start_ms, end_ms, limit, time_of,
+                        progress=None) -> dict[int, Any]:
+        "Rows by time in `[start_ms, end_ms)`, walking pages backwards from `end_ms`; `progress(rows, oldest)` after each page."
         rows: dict[int, Any] = {}
         cursor = end_ms - 1
         while cursor >= start_ms:
@@ -184,6 +207,8 @@ class BybitSource:
             for t, r in zip(times, page):
                 rows.setdefault(t, r)
             oldest = min(times)
+            if progress is not None:
+                progress(len(rows), pd.Timestamp(max(oldest, start_ms), unit="ms", tz="UTC"))
             if oldest > cursor:
                 raise ExchangeError(f"{what}: asked for rows up to {cursor} and got rows from {oldest} on; the exchange ignores the end, stopping")
             if len(page) < limit or oldest <= start_ms:
@@ -198,34 +223,35 @@ class BybitSource:
               interval: str,      # bar interval ('1h'), or the funding interval ('8h') for the grid check
               start: Any,         # first open (settlement) time wanted, inclusive
               end: Any = None,    # exclusive; default now
+              progress: Callable[[int, pd.Timestamp], Any] | None = None,  # after each page: (rows so far, oldest time reached)
               ) -> pd.DataFrame:
         "Closed rows of `kind` for `key` with time in `[start, end)`, as a validated canonical frame."
         kind = SeriesKind(kind)
         start_ms, end_ms = to_ms(start), to_ms(end) if end is not None else self.clock()
         if kind is SeriesKind.OHLCV:
-            return self._fetch_ohlcv(key, interval, start_ms, end_ms)
+            return self._fetch_ohlcv(key, interval, start_ms, end_ms, progress)
         if kind is SeriesKind.FUNDING:
-            return self._fetch_funding(key, interval, start_ms, end_ms)
+            return self._fetch_funding(key, interval, start_ms, end_ms, progress)
         raise ConfigError(f"BybitSource serves OHLCV and FUNDING, not {kind.value}; DVOL comes from DeribitSource")
 
-    def _fetch_ohlcv(self, symbol, interval, start_ms, end_ms) -> pd.DataFrame:
+    def _fetch_ohlcv(self, symbol, interval, start_ms, end_ms, progress=None) -> pd.DataFrame:
         code, step = bybit_interval(interval), int(parse_interval(interval).total_seconds() * 1000)
         what = f"Bybit GET /v5/market/kline {symbol} ({self.category}, interval {code})"
         rows = self._page_backwards("get_kline", what, {"category": self.category, "symbol": symbol, "interval": code},
-                                    "start", "end", start_ms, end_ms, KLINE_PAGE_LIMIT, lambda r: int(r[0]))
+                                    "start", "end", start_ms, end_ms, KLINE_PAGE_LIMIT, lambda r: int(r[0]), progress)
         now = self.clock()
         keep = sorted(t for t in rows if start_ms <= t < end_ms and t + step <= now)
         df = pd.DataFrame([[float(x) for x in rows[t][1:6]] for t in keep], columns=COLUMNS[SeriesKind.OHLCV], dtype="float64")
         df.insert(0, "ts", pd.to_datetime(keep, unit="ms", utc=True))
         return validate_frame(df, SeriesKind.OHLCV, interval, where=f"bybit {self.category} {symbol} {interval}").frame
 
-    def _fetch_funding(self, symbol, interval, start_ms, end_ms) -> pd.DataFrame:
+    def _fetch_funding(self, symbol, interval, start_ms, end_ms, progress=None) -> pd.DataFrame:
         if self.category == "spot":
             raise ConfigError(f"funding rates exist for linear and inverse perpetuals, not spot; use a linear BybitSource for {symbol}")
         what = f"Bybit GET /v5/market/funding/history {symbol} ({self.category})"
         rows = self._page_backwards("get_funding_rate_history", what, {"category": self.category, "symbol": symbol},
                                     "startTime", "endTime", start_ms, end_ms, FUNDING_PAGE_LIMIT,
-                                    lambda r: int(r["fundingRateTimestamp"]))
+                                    lambda r: int(r["fundingRateTimestamp"]), progress)
         now = self.clock()
         keep = sorted(t for t in rows if start_ms <= t < end_ms and t <= now)
         df = pd.DataFrame({"ts": pd.to_datetime(keep, unit="ms", utc=True),
@@ -306,7 +332,7 @@ class KlineSubscription:
     def __repr__(self):
         return f"KlineSubscription({self.topic}, {self.bars_delivered} bars delivered)"
 
-# %% ../nbs/11_sources.ipynb #34fa5cdd
+# %% ../nbs/11_sources.ipynb #7e192055
 DERIBIT_RETRYABLE_CODES = {10028, 10040, 10041, 10047, 11094, 13028, 13888}
 DERIBIT_FATAL_CODES = {13004, 13009}
 DERIBIT_VOLATILITY_PATH = "/api/v2/public/get_volatility_index_data"
@@ -367,6 +393,7 @@ class DeribitSource:
               interval: str,      # '1d' (or '1m', '1h', '12h')
               start: Any,         # first period start wanted, inclusive
               end: Any = None,    # exclusive; default now
+              progress: Callable[[int, pd.Timestamp], Any] | None = None,  # after each page: (rows so far, oldest time reached)
               ) -> pd.DataFrame:
         "Closed DVOL periods for `key` starting in `[start, end)`, as a validated canonical frame."
         kind = SeriesKind(kind)
@@ -386,6 +413,8 @@ class DeribitSource:
                 t = int(row[0])
                 if t not in rows:
                     rows[t], new = row, new + 1
+            if progress is not None and rows:
+                progress(len(rows), pd.Timestamp(max(min(rows), start_ms), unit="ms", tz="UTC"))
             continuation = result.get("continuation")
             if continuation is None or new == 0:
                 break
