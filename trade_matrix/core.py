@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatrixError', 'DataError', 'ConfigError', 'ModelError',
            'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode', 'Regime',
            'SizingTier', 'BreakerState', 'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig',
-           'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'load_settings',
-           'to_decimal', 'InstrumentSpec', 'instrument', 'parallel_map', 'sha256_file', 'replace_folder',
-           'write_artifact_folder', 'read_folder_meta', 'verify_folder_files']
+           'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'read_toml',
+           'validated', 'load_settings', 'to_decimal', 'InstrumentSpec', 'instrument', 'parallel_map', 'sha256_file',
+           'replace_folder', 'write_artifact_folder', 'read_folder_meta', 'verify_folder_files']
 
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -237,7 +237,7 @@ class Settings(_Strict):
         "The local model folder (tier 4) with `{home}` filled in."
         return Path(self._fill(self.registry.models_dir.as_posix()))
 
-# %% ../nbs/00_core.ipynb #9b645769
+# %% ../nbs/00_core.ipynb #48344ca3
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
@@ -256,6 +256,24 @@ def _env_overrides(env) -> dict:
         node[parts[-1]] = value
     return out
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    "A TOML file as a dict; a missing or malformed file is a `ConfigError` naming it."
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
+
+def validated(model, raw: dict, where: str, what: str = "configuration"):
+    "`model` validated from `raw`; every problem named by its dotted key in one `ConfigError`."
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid {what} in {where}: {problems}") from None
+
 def load_settings(path: str | Path | None = None,  # a TOML file; default `TM_CONFIG` or ./tm.toml if present
                   overrides: dict | None = None,    # nested values that win over everything (CLI flags)
                   env: dict | None = None,          # the environment to read `TM_*` from (default os.environ)
@@ -263,23 +281,9 @@ def load_settings(path: str | Path | None = None,  # a TOML file; default `TM_CO
     "Settings from defaults, a TOML file, `TM_*` environment variables and explicit overrides, validated."
     env = os.environ if env is None else env
     path = path or env.get("TM_CONFIG") or (Path("tm.toml") if Path("tm.toml").exists() else None)
-    raw: dict = {}
-    where = "defaults and environment"
-    if path:
-        path = Path(path)
-        where = str(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    raw = read_toml(path) if path else {}
     raw = _deep_merge(_deep_merge(raw, _env_overrides(env)), overrides or {})
-    try:
-        return Settings.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid configuration in {where}: {problems}") from None
+    return validated(Settings, raw, str(path) if path else "defaults and environment")
 
 # %% ../nbs/00_core.ipynb #b13f3da0
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal

@@ -339,26 +339,14 @@ class TrainingResult:
     def __repr__(self):
         return f"TrainingResult({self.symbol}, {self.variant}, passed={self.passed}: {self.reason})"
 
-# %% ../nbs/23_models.ipynb #355cf8e9
+# %% ../nbs/23_models.ipynb #58323444
 def load_train_config(path: str | Path,            # a TOML file with TrainConfig's sections
                       overrides: dict | None = None,  # nested values that win over the file (CLI flags)
                       ) -> TrainConfig:
     "A `TrainConfig` from a TOML file (and overrides), validated; unknown keys are refused."
-    import tomllib
-    from pydantic import ValidationError
-    from trade_matrix.core import ConfigError, _deep_merge
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"training config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"training config {path} is not valid TOML: {e}") from None
-    try:
-        return TrainConfig.model_validate(_deep_merge(raw, overrides or {}))
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid training config in {path}: {problems}") from None
+    from trade_matrix.core import _deep_merge, read_toml, validated
+    raw = _deep_merge(read_toml(path, "training config"), overrides or {})
+    return validated(TrainConfig, raw, str(path), "training config")
 
 # %% ../nbs/23_models.ipynb #43c4d992
 def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full variant's locked columns
