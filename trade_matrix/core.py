@@ -23,8 +23,8 @@ __all__ = ['DAY', 'PROJECT_ROOT', 'BUNDLED_DATA_DIR', 'INSTRUMENTS', 'TradeMatri
            'ExchangeError', 'TemporaryExchangeError', 'FatalError', 'SeriesKind', 'GapSeverity', 'RunMode', 'Regime',
            'SizingTier', 'BreakerState', 'parse_interval', 'on_grid', 'utc', 'to_ms', 'iso', 'known_lag', 'GapConfig',
            'DataConfig', 'StoreConfig', 'RedisConfig', 'BybitConfig', 'RegistryConfig', 'Settings', 'read_toml',
-           'validated', 'load_settings', 'to_decimal', 'InstrumentSpec', 'instrument', 'parallel_map', 'sha256_file',
-           'replace_folder', 'write_artifact_folder', 'read_folder_meta', 'verify_folder_files']
+           'validated', 'load_settings', 'to_decimal', 'InstrumentSpec', 'instrument', 'parallel_map', 'jsonable',
+           'sha256_file', 'replace_folder', 'write_artifact_folder', 'read_folder_meta', 'verify_folder_files']
 
 # %% ../nbs/00_core.ipynb #ac7c152a
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -345,7 +345,29 @@ def parallel_map(fn, items: list, n_jobs: int) -> list:
     from joblib import Parallel, delayed
     return Parallel(n_jobs=n, backend="loky")(delayed(fn)(x) for x in items)
 
-# %% ../nbs/00_core.ipynb #ea5f3f65
+# %% ../nbs/00_core.ipynb #529327ba
+def jsonable(x):
+    "`x` ready for strict JSON, recursively: NaN/inf -> None, numpy scalars -> Python, timestamps -> ISO, paths -> str."
+    import math
+
+    import numpy as np
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, pd.Timestamp):
+        return iso(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+# %% ../nbs/00_core.ipynb #568534b7
 import hashlib
 import json
 import shutil

@@ -296,7 +296,7 @@ def load_model(path: str | Path,                       # a directory written by 
         raise ModelError(f"model directory {path}: {name} holds {model.n_trees} trees, meta.json says {meta.get('n_trees')}")
     return model
 
-# %% ../nbs/23_models.ipynb #9293b21d
+# %% ../nbs/23_models.ipynb #16a3954c
 class TrainConfig(_Strict):
     "Everything a training run of one instrument needs."
     model: ModelConfig = ModelConfig()
@@ -327,6 +327,11 @@ class TrainingResult:
 
     @property
     def passed(self) -> bool: return self.decision.passed
+
+    @property
+    def deployable(self) -> bool:
+        "Passed its gates and is not a placebo: the only run that may become @champion or @production."
+        return self.decision.passed and not self.shuffled
 
     def summary(self) -> dict:
         "The JSON-ready record of the decision."

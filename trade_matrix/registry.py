@@ -291,7 +291,7 @@ def _signature(model: TreeModel):
     return ModelSignature(inputs=Schema([ColSpec("double", name, required=False) for name in model.locked.features]),
                           outputs=Schema([ColSpec("double", "prediction")]))
 
-# %% ../nbs/24_registry.ipynb #97439b9d
+# %% ../nbs/24_registry.ipynb #0e02b45e
 class ModelRegistry:
     "Per-instrument models in MLflow: training runs, versions, aliases, promotion, and the 4-tier loader."
 
@@ -424,7 +424,7 @@ class ModelRegistry:
                                          model_id=info.model_id, await_creation_for=0,
                                          description=f"{result.variant}, data until {iso(result.until)}: {result.reason[:400]}")
         version = int(mv.version)
-        champion = result.passed and not result.shuffled   # a placebo that clears the gates by luck never trades
+        champion = result.deployable   # a placebo that clears the gates by luck never trades
         if champion:
             client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
         _log.info("%s: run %s registered as %s version %d (%s)", result.symbol, run_id, name, version,

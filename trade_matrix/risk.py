@@ -39,8 +39,9 @@ _log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['Clock', 'system_clock', 'ManualClock', 'StateStoreError', 'StateStore', 'MemoryStateStore', 'FileStateStore',
            'RedisStateStore', 'open_state_store', 'BreakerConfig', 'BreakerEvent', 'CircuitBreaker', 'Covariance',
-           'daily_returns', 'portfolio_var', 'RiskConfig', 'per_symbol', 'ProposedOrder', 'PortfolioState',
-           'RiskAction', 'RiskDecision', 'RiskEngine', 'correlation_linkage', 'hrp_weights', 'allocate']
+           'daily_returns', 'daily_covariance', 'portfolio_var', 'RiskConfig', 'per_symbol', 'ProposedOrder',
+           'PortfolioState', 'RiskAction', 'RiskDecision', 'RiskEngine', 'correlation_linkage', 'hrp_weights',
+           'allocate']
 
 # %% ../nbs/32_risk.ipynb #0beff91d
 Clock = Callable[[], pd.Timestamp]
@@ -479,7 +480,7 @@ class CircuitBreaker:
         return (f"CircuitBreaker({self.name!r}, {self._state}, peak={self.peak}, errors={self.consecutive_errors}"
                 f"{', opened_at=' + self.opened_at.isoformat() if self._state is not _CLOSED else ''})")
 
-# %% ../nbs/32_risk.ipynb #1a2d1e73
+# %% ../nbs/32_risk.ipynb #311dddf1
 @dataclass(frozen=True)
 class Covariance:
     "A covariance matrix of daily returns as numpy, with its symbols: built once, used by every check."
@@ -517,6 +518,24 @@ def daily_returns(closes: pd.DataFrame | Mapping[str, pd.Series],  # intraday cl
     "Simple close-to-close returns per UTC day, only days where every symbol has one."
     frame = pd.DataFrame(dict(closes)) if isinstance(closes, Mapping) else closes
     return frame.resample("1D").last().pct_change(fill_method=None).dropna(how="any")
+
+def daily_covariance(closes: np.ndarray,      # (days + 1, symbols): each UTC day's last close, consecutive days, NaN: none
+                     symbols: list[str],
+                     min_days: int = 30,      # fewer daily returns than this: no estimate (None)
+                     ) -> Covariance | None:
+    "The sample covariance of consecutive days' simple returns, over the days every symbol with data has one."
+    c = np.asarray(closes, dtype="float64")
+    if c.ndim != 2 or c.shape[1] != len(symbols):
+        raise DataError(f"daily closes must be (days, {len(symbols)} symbols), got shape {c.shape}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = c[1:] / c[:-1] - 1.0
+    keep = np.isfinite(r).any(axis=0)
+    r = r[:, keep]
+    r = r[np.isfinite(r).all(axis=1)]
+    if not keep.any() or len(r) < max(int(min_days), 2):
+        return None
+    n = r.shape[1]
+    return Covariance(tuple(s for s, k in zip(symbols, keep) if k), np.cov(r, rowvar=False, ddof=1).reshape(n, n))
 
 def portfolio_var(positions_notional: Mapping[str, float | Decimal],  # signed notional per symbol, quote currency
                   covariance: pd.DataFrame | Covariance,               # of daily simple returns

@@ -145,7 +145,7 @@ def importances(x: np.ndarray,              # training columns (NaN allowed)
     total = imp.sum()
     return imp / total if total > 0 else np.zeros_like(imp)
 
-# %% ../nbs/21_selection.ipynb #16b2c30c
+# %% ../nbs/21_selection.ipynb #cc5274da
 @dataclass(frozen=True, eq=False)
 class SelectionResult:
     "What Boruta selection chose for one instrument, and the evidence."
@@ -185,11 +185,6 @@ class SelectionResult:
     @property
     def rejected(self) -> tuple[str, ...]:
         return self._with(Decision.REJECTED)
-
-    @property
-    def padded(self) -> tuple[str, ...]:
-        "Members of `selected` that Boruta did not accept (the same as `filled`)."
-        return self.filled
 
     @property
     def median_importance(self) -> pd.Series:
