@@ -222,7 +222,7 @@ def track_signals(predictions: pd.Series,   # the model's prediction at each bar
     rows = [t.update(p, r) for p, r in zip(predictions.to_numpy(dtype="float64"), returns.to_numpy(dtype="float64"))]
     return pd.DataFrame(rows, index=predictions.index)
 
-# %% ../nbs/31_sizing.ipynb #179bf43e
+# %% ../nbs/31_sizing.ipynb #ed9781f3
 DEFAULT_REGIME_FRACTIONS = {Regime.BULL: 0.67, Regime.NEUTRAL: 0.50, Regime.BEAR: 0.25, Regime.CRISIS: 0.17}
 
 class KellyConfig(_Strict):
@@ -265,8 +265,11 @@ def kelly_target(signal: float,                 # z-scored prediction
                  sigma: float,                  # per-bar volatility forecast
                  regime_probabilities: dict | None = None,
                  config: KellyConfig = KellyConfig(),
+                 rolling_ic: float | None = None,  # the 20-bar IC now (None: not checked); below `failing_ic` or NaN: zero
                  ) -> float:
-    "Fractional-Kelly target position in [-max, max] (or [0, max] long-only); zero without an edge."
+    "Fractional-Kelly target position in [-max, max] (or [0, max] long-only); zero without an edge or with a failing rolling IC."
+    if rolling_ic is not None and not rolling_ic >= config.failing_ic:
+        return 0.0
     if not math.isfinite(ic) or ic <= config.min_ic:
         return 0.0
     alpha = expected_return(signal, ic, sigma)
@@ -336,7 +339,7 @@ def choose_tier(confidence: float, ic: float, policy_ok: bool, breaker: BreakerS
         return SizingTier.FULL_RL, f"{figures}: both high"
     return SizingTier.BLENDED, f"{figures}: medium"
 
-# %% ../nbs/31_sizing.ipynb #846d92cb
+# %% ../nbs/31_sizing.ipynb #c92e8caa
 @dataclass(frozen=True)
 class SizingDecision:
     "How one bar's target position was decided."
@@ -379,12 +382,10 @@ class Sizer:
         "The target position for the next bar, with its tier and reason."
         skill = ic if skill is None else skill
         alpha = expected_return(signal, skill, sigma)        # the band still weighs the position by the long-run skill
-        if ic >= self.kelly.failing_ic:
-            kelly, edge = kelly_target(signal, skill, sigma, regime_probabilities, self.kelly), ""
-        else:                                                # failing (or unknown) rolling IC: Kelly adds no risk
-            kelly = 0.0
-            edge = (f"; no edge: rolling IC {ic:.3f} < {self.kelly.failing_ic:.3f}, Kelly 0" if math.isfinite(ic)
-                    else "; no edge: rolling IC unknown (not enough history), Kelly 0")
+        kelly = kelly_target(signal, skill, sigma, regime_probabilities, self.kelly, rolling_ic=ic)
+        edge = ("" if ic >= self.kelly.failing_ic             # failing (or unknown) rolling IC: Kelly added no risk
+                else f"; no edge: rolling IC {ic:.3f} < {self.kelly.failing_ic:.3f}, Kelly 0" if math.isfinite(ic)
+                else "; no edge: rolling IC unknown (not enough history), Kelly 0")
         rl, note = None, ""
         if self.policy is not None:
             obs = {"signal": signal, "confidence": confidence, "position": position, "drawdown": drawdown}
@@ -413,7 +414,7 @@ class Sizer:
         return SizingDecision(self.symbol, utc(time) if time is not None else None, tier, float(new), float(raw), kelly, rl,
                               position, traded, f"{tier.value}: {why}{note}{edge}; {band}", signal, confidence, ic, sigma, alpha, regime)
 
-# %% ../nbs/31_sizing.ipynb #72a78b04
+# %% ../nbs/31_sizing.ipynb #02545966
 def signal_frame(md,                          # `MarketData`
                  symbol: str,
                  until=None,                  # data known by this time (default: all)
@@ -478,9 +479,10 @@ def kelly_positions(frame: pd.DataFrame,              # a `signal_frame`
     probs = frame[cols].to_numpy() if have_regimes else None
     s, skill, sig = (frame[c].to_numpy(dtype="float64") for c in ("signal", "skill", "sigma"))
     hor = frame["horizon"].to_numpy(dtype="float64") if "horizon" in frame else np.full(len(frame), config.holding_bars)
+    roll = frame["ic"].to_numpy(dtype="float64") if "ic" in frame else None   # the rolling IC, as `Sizer.decide` sees it
     for i in range(len(frame)):
         rp = dict(zip(REGIMES, probs[i])) if have_regimes and np.isfinite(probs[i]).all() else None
-        target = kelly_target(s[i], skill[i], sig[i], rp, config)
+        target = kelly_target(s[i], skill[i], sig[i], rp, config, None if roll is None else float(roll[i]))
         if band:
             h = min(hor[i], config.holding_bars) if np.isfinite(hor[i]) else 1.0
             pos, _ = rebalance(pos, target, expected_return(s[i], skill[i], sig[i]), sig[i], cost, h, config.max_step)
