@@ -19,11 +19,12 @@ t_import = time.perf_counter()
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from trade_matrix.backtest import BacktestConfig, align, funding_matrix, research_backtest, simulate, vbt_portfolio  # noqa: E402
-from trade_matrix.data import load_market_data  # noqa: E402
+from trade_matrix.backtest.accounting import (BacktestConfig, align, funding_matrix, research_backtest, simulate,
+                                              vbt_portfolio)
+from trade_matrix.data.market import load_market_data
 
 t_import = time.perf_counter() - t_import
-logging.getLogger("trade_matrix.backtest").setLevel(logging.ERROR)   # SOL has no funding before 2024: reported, not news
+logging.getLogger("trade_matrix.backtest.accounting").setLevel(logging.ERROR)   # SOL has no funding before 2024: reported, not news
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 N = 5 * 365 * 6

@@ -7,7 +7,7 @@ import sys
 import time
 
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import DataCatalog, data_report, load_series
+from trade_matrix.data.market import DataCatalog, data_report, load_series
 
 REPEATS = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from trade_matrix.data import load_market_data
-from trade_matrix.features import IncrementalFeatures, build_graph, compute_features
+from trade_matrix.data.market import load_market_data
+from trade_matrix.features.catalogue import IncrementalFeatures, build_graph, compute_features
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 print(f"load average {os.getloadavg()[0]:.2f} (the machine may be shared: times scale with it)")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trade_matrix.data import load_market_data
-from trade_matrix.models import TrainConfig, train_instrument
+from trade_matrix.data.market import load_market_data
+from trade_matrix.models.training import TrainConfig, train_instrument
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--symbol", default="BTCUSDT")
@@ -59,7 +59,7 @@ print(second.variants[cols].round(4).to_string())
 print(f"    {second.reason}\n")
 
 model = second.model
-from trade_matrix.features import compute_features
+from trade_matrix.features.catalogue import compute_features
 feats = compute_features(md.as_of(until2), args.symbol).features
 row = feats.iloc[-1]
 x = model.matrix(feats.iloc[[-1]])
@@ -82,7 +82,7 @@ if args.skip_loader:
 print()
 import mlflow  # noqa: E402  (imported here so its import time is not charged to the first tier)
 
-from trade_matrix.registry import ModelRegistry  # noqa: E402
+from trade_matrix.models.registry import ModelRegistry
 
 home = Path(tempfile.mkdtemp(prefix="tm-bench-"))
 reg = ModelRegistry(f"sqlite:///{home}/mlflow.db", str(home / "mlartifacts"), home / "models")

@@ -20,9 +20,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from trade_matrix.data import load_market_data
-from trade_matrix.regime import (GarchFilter, RegimeConfig, RegimeFilter, filtered_probabilities, fit_garch,
-                                 fit_regimes, regime_returns, walk_forward_regimes)
+from trade_matrix.data.market import load_market_data
+from trade_matrix.research.regimes import GarchFilter, fit_garch, walk_forward_regimes
+from trade_matrix.strategy.regime import RegimeConfig, regime_returns
+from trade_matrix.strategy.regime_filter import RegimeFilter, filtered_probabilities
+from trade_matrix.strategy.regime_fit import fit_regimes
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--stability", action="store_true", help="also measure refit stability over 8 eras (~30 s)")

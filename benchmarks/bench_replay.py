@@ -7,7 +7,7 @@ regime filter, sizing, the risk check and the order. The figure is the trading l
 fits excluded, reported separately), by wall clock and by the thread's CPU time; the target is >= 2,000 per second per process.
 
 Then the research side: `batch_targets` (batch features, the same sizing) through `research_backtest` (or the
-replay's plain accounting when `trade_matrix.backtest` is absent), and `parity_check`.
+replay's plain accounting when `trade_matrix.backtest.accounting` is absent), and `parity_check`.
 
 Run: `python benchmarks/bench_replay.py` (`--days N` for another length, `--trees N` for bigger models).
 """
@@ -17,18 +17,20 @@ import time
 
 import pandas as pd
 
-from trade_matrix.data import load_market_data
-from trade_matrix.features import compute_features, forward_return
-from trade_matrix.models import ModelConfig, fit_model
-from trade_matrix.replay import ReplayConfig, fit_regime_models, replay, research_parity
-from trade_matrix.risk import BreakerConfig
+from trade_matrix.data.market import load_market_data
+from trade_matrix.features.catalogue import compute_features, forward_return
+from trade_matrix.models.training import ModelConfig, fit_model
+from trade_matrix.backtest.parity import research_parity
+from trade_matrix.backtest.replay import replay
+from trade_matrix.trader.config import TraderConfig, fit_regime_models
+from trade_matrix.risk.breaker import BreakerConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--days", type=int, default=182)
 parser.add_argument("--trees", type=int, default=200)
 parser.add_argument("--repeat", type=int, default=3)
 args = parser.parse_args()
-logging.getLogger("trade_matrix.risk").setLevel(logging.ERROR)
+logging.getLogger("trade_matrix.risk.breaker").setLevel(logging.ERROR)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -44,7 +46,7 @@ for s in SYMBOLS:
     x = ff.loc[y.index].iloc[-3000:, :40]
     models[s] = fit_model(x, y.loc[x.index], s, START, ModelConfig(n_estimators=args.trees))
 t_models = time.perf_counter() - t0
-config = ReplayConfig(breaker=BreakerConfig(max_drawdown=0.3), allocation="hrp")
+config = TraderConfig(breaker=BreakerConfig(max_drawdown=0.3), allocation="hrp")
 t0 = time.perf_counter()
 regimes = fit_regime_models(md, SYMBOLS, START, config.regime)
 t_regimes = time.perf_counter() - t0

@@ -17,8 +17,10 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from trade_matrix.registry import ModelRegistry  # noqa: E402
-from trade_matrix.retrain import STEPS, RetrainParams, run_retrain, run_steps  # noqa: E402
+from trade_matrix.models.registry import ModelRegistry
+from trade_matrix.retrain.runner import run_retrain
+from trade_matrix.retrain.params import STEPS, RetrainParams
+from trade_matrix.retrain.steps import run_steps
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 

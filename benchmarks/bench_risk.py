@@ -27,14 +27,16 @@ from decimal import Decimal
 import numpy as np
 import pandas as pd
 
-from trade_matrix.data import load_market_data
-from trade_matrix.risk import (BreakerConfig, CircuitBreaker, PortfolioState, ProposedOrder, RiskAction,
-                               RiskConfig, RiskEngine, allocate, daily_returns, hrp_weights)
+from trade_matrix.data.market import load_market_data
+from trade_matrix.risk.allocation import allocate, hrp_weights
+from trade_matrix.risk.breaker import BreakerConfig, CircuitBreaker
+from trade_matrix.risk.engine import PortfolioState, ProposedOrder, RiskAction, RiskConfig, RiskEngine
+from trade_matrix.risk.var import daily_returns
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--checks", type=int, default=100_000)
 args = parser.parse_args()
-logging.getLogger("trade_matrix.risk").setLevel(logging.ERROR)  # the breakers below are tripped on purpose
+logging.getLogger("trade_matrix.risk.breaker").setLevel(logging.ERROR)  # the breakers below are tripped on purpose
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 PRICES = {"BTCUSDT": Decimal("60000"), "ETHUSDT": Decimal("3000"), "SOLUSDT": Decimal("150")}

@@ -5,7 +5,7 @@
 3. Curriculum training wall time per instrument with the default `RLConfig` (30,000 timesteps: calm / mixed /
    full), SAC and PPO, one torch thread each (the deployment setting: instruments train in parallel processes).
 4. Out of sample on BTCUSDT: RL (SAC and PPO) vs fractional Kelly vs always-long vs flat, net of the same fees,
-   spread and impact. The signal frame is `trade_matrix.sizing.signal_frame` (out-of-sample walk-forward
+   spread and impact. The signal frame is `trade_matrix.research.signals.signal_frame` (out-of-sample walk-forward
    predictions); the policy trains on the bars before `--split` and is tested on the bars after it.
 
 Run: `python benchmarks/bench_rl.py [--symbol BTCUSDT] [--split 2024-07-01] [--algorithms SAC PPO]`.
@@ -22,8 +22,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import pandas as pd
 
-from trade_matrix.rl import (EnvSpec, RLConfig, TradingEnv, compare_with_kelly, evaluate_policy,
-                             synthetic_signal_frame, train_policy)
+from trade_matrix.research.rl import (TradingEnv, compare_with_kelly, evaluate_policy, synthetic_signal_frame,
+                                      train_policy)
+from trade_matrix.strategy.policy import EnvSpec, RLConfig
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--symbol", default="BTCUSDT")
@@ -39,8 +40,9 @@ print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}\n")
 # -- the real signal frame ----------------------------------------------------------------------------------
 t = time.perf_counter()
 try:
-    from trade_matrix.data import load_market_data
-    from trade_matrix.sizing import KellyConfig, kelly_positions, signal_frame
+    from trade_matrix.data.market import load_market_data
+    from trade_matrix.research.signals import kelly_positions, signal_frame
+    from trade_matrix.strategy.sizing import KellyConfig
     md = load_market_data(symbols=[args.symbol])
     try:
         frame = signal_frame(md, args.symbol)
@@ -52,7 +54,7 @@ try:
     source = f"{args.symbol} signal_frame, {regimes}"
 except ImportError as e:
     frame, kelly_positions, KellyConfig = synthetic_signal_frame(6000, seed=0, ic=0.05), None, None
-    source = f"synthetic (trade_matrix.sizing unavailable: {e})"
+    source = f"synthetic (trade_matrix.research.signals unavailable: {e})"
 print(f"signal frame: {source}: {len(frame)} bars {frame.index[0]} .. {frame.index[-1]}, "
       f"built in {time.perf_counter() - t:.1f} s\n")
 split = pd.Timestamp(args.split, tz="UTC")

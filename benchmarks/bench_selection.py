@@ -11,8 +11,8 @@ import logging
 import sys
 import time
 
-from trade_matrix.data import load_market_data
-from trade_matrix.selection import SelectionConfig, select_features
+from trade_matrix.data.market import load_market_data
+from trade_matrix.models.selection import SelectionConfig, select_features
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 

@@ -12,8 +12,8 @@ import time
 import psycopg
 
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import DataCatalog, load_series
-from trade_matrix.store import open_store
+from trade_matrix.data.market import DataCatalog, load_series
+from trade_matrix.data.store import open_store
 
 bars = load_series(DataCatalog().find(SeriesKind.OHLCV, "BTCUSDT", "1h")).frame
 

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trade_matrix.backtest import (BacktestConfig, ProbeLimits, probe_limits, align, buy_and_hold_targets, check_out_of_sample, hold_unchanged,
-                                   momentum_targets, new_run_dir, research_backtest, simulate, vbt_portfolio,
-                                   write_report)
+from trade_matrix.backtest.accounting import (BacktestConfig, ProbeLimits, probe_limits, align, buy_and_hold_targets,
+                                              check_out_of_sample, hold_unchanged, momentum_targets,
+                                              research_backtest, simulate, vbt_portfolio)
+from trade_matrix.backtest.report import new_run_dir, write_report
 from trade_matrix.core import ConfigError, DataError
 
 IX = pd.date_range("2024-01-01", periods=5, freq="4h", tz="UTC")   # 00:00 .. 16:00: settlements at bars 0, 2, 4

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from trade_matrix.core import BUNDLED_DATA_DIR, DataError
-from trade_matrix.data import data_report, load_market_data
+from trade_matrix.data.market import data_report, load_market_data
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import BUNDLED_DATA_DIR, SeriesKind, parse_interval
-from trade_matrix.data import DataCatalog, data_report, load_market_data, load_series, resample_ohlcv
+from trade_matrix.data.market import DataCatalog, data_report, load_market_data, load_series, resample_ohlcv
 
 ROW = re.compile(r"^\| (?P<file>\S+\.csv\.gz) \| .*? \| (?P<interval>\w+) \| (?P<first>\S+) \| (?P<last>\S+) \| (?P<rows>\d+) \| "
                  r"(?P<gaps>.*?) \| (?P<largest>.*?) \|$")

@@ -8,9 +8,10 @@ from typer.testing import CliRunner
 
 from trade_matrix.cli import app
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import DataCatalog, load_series, read_data_file, parse_data_filename
-from trade_matrix.loopback import BybitLoopback, DeribitLoopback
-from trade_matrix.store import open_store
+from trade_matrix.data.market import DataCatalog, load_series, read_data_file, parse_data_filename
+from trade_matrix.testing.bybit import BybitLoopback
+from trade_matrix.testing.deribit import DeribitLoopback
+from trade_matrix.data.store import open_store
 
 runner = CliRunner()
 
@@ -89,7 +90,7 @@ def test_exchange_failure_exits_3_with_a_clear_message(tmp_path):
     import subprocess
     import sys
 
-    from trade_matrix.loopback import Fault
+    from trade_matrix.testing.loopback import Fault
     with BybitLoopback() as ex:
         ex.inject(Fault.param_error("Invalid period!"))
         r = subprocess.run([sys.executable, "-c", "from trade_matrix.cli import main; main()", "data", "fetch", "--symbol",

@@ -43,7 +43,7 @@ def test_retrain_parameter_errors_exit_2_naming_the_problem():
 
 
 def test_strict_retrain_exit_codes():
-    from trade_matrix.retrain import GATES_FAILED, exit_code
+    from trade_matrix.retrain.runner import GATES_FAILED, exit_code
     m = {"symbols": {"BTCUSDT": {"passed": False}, "ETHUSDT": {"passed": True}}}
     assert exit_code(True, m) == (0, "")
     code, why = exit_code(True, m, strict=True)

@@ -7,8 +7,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from trade_matrix.cli import app
-from trade_matrix.data import load_market_data
-from trade_matrix.features import FEATURE_NAMES, compute_features
+from trade_matrix.data.market import load_market_data
+from trade_matrix.features.catalogue import FEATURE_NAMES, compute_features
 
 
 def test_features_until_writes_112_columns_known_by_then(tmp_path):
@@ -32,7 +32,7 @@ def test_unknown_symbol_is_a_clear_error(tmp_path):
 
 
 def test_select_prints_9_to_13_features_and_writes_a_verifiable_lock(tmp_path):
-    from trade_matrix.selection import LockedFeatures
+    from trade_matrix.models.selection import LockedFeatures
     lock = tmp_path / "locked_features.json"
     res = CliRunner().invoke(app, ["select", "--symbol", "SOLUSDT", "--until", "2025-01-01", "--lock", str(lock), "--json"],
                              catch_exceptions=False)

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from test_models import planted_bars
 from trade_matrix.cli import app, main
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import write_data_file
+from trade_matrix.data.market import write_data_file
 
 
 @pytest.fixture()

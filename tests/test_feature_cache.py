@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trade_matrix.cache import MemoryFeatureCache, RedisFeatureCache, open_feature_cache
+from trade_matrix.data.cache import MemoryFeatureCache, RedisFeatureCache, open_feature_cache
 from trade_matrix.core import ModelError, RedisConfig
 
 pytestmark = pytest.mark.services

@@ -5,10 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trade_matrix.data import load_market_data
-from trade_matrix.features import (
-    FEATURE_NAMES, FEATURES, FeatureConfig, IncrementalFeatures, build_graph, compute_features, forward_return, replay,
-)
+from trade_matrix.data.market import load_market_data
+from trade_matrix.features.catalogue import (FEATURE_NAMES, FEATURES, FeatureConfig, IncrementalFeatures,
+                                             build_graph, compute_features, forward_return, replay)
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "AVAXUSDT"]
 

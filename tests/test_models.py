@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import load_market_data, write_data_file
-from trade_matrix.models import ModelConfig, TrainConfig, load_model, save_model, train_instrument
-from trade_matrix.validation import WalkForwardConfig
+from trade_matrix.data.market import load_market_data, write_data_file
+from trade_matrix.models.training import ModelConfig, TrainConfig, load_model, save_model, train_instrument
+from trade_matrix.models.validation import WalkForwardConfig
 
 # Smaller than production (20 windows, 80 trees) so the placebo matrix stays quick; the gates are the real ones.
 QUICK = TrainConfig(model=ModelConfig(n_estimators=80, transfer_trees=(50, 100)),
@@ -71,7 +71,7 @@ def test_weekly_transfer_keeps_production_trees_frozen_and_reports_both_variants
     assert "transfer" in second.reason and "full" in second.reason
     # whichever was kept, the transfer candidate never touched the production model
     frame = md.as_of("2023-10-08")
-    from trade_matrix.features import compute_features
+    from trade_matrix.features.catalogue import compute_features
     x = compute_features(frame, "BTCUSDT").features.iloc[-50:]
     np.testing.assert_array_equal(production.predict(x), first.model.predict(x))
     if second.variant.startswith("transfer_"):

@@ -11,11 +11,14 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import DataError, ModelError, Regime, utc
-from trade_matrix.data import load_market_data
-from trade_matrix.regime import (REGIME_COLUMNS, REGIMES, GarchFilter, GarchParams, RegimeConfig, RegimeFilter,
-                                 RegimeModel, filtered_probabilities, fit_garch, fit_regimes, garch_variance,
-                                 labels_follow_rule, probabilities_at_bars, regime_history, regime_returns,
-                                 walk_forward_regimes)
+from trade_matrix.data.market import load_market_data
+from trade_matrix.core import REGIME_NAMES
+from trade_matrix.core import REGIMES
+from trade_matrix.research.regimes import (GarchFilter, GarchParams, fit_garch, garch_variance, regime_history,
+                                           walk_forward_regimes)
+from trade_matrix.strategy.regime import RegimeConfig, RegimeModel, labels_follow_rule, regime_returns
+from trade_matrix.strategy.regime_filter import RegimeFilter, filtered_probabilities, probabilities_at_bars
+from trade_matrix.strategy.regime_fit import fit_regimes
 
 DAY = pd.Timedelta("1D")
 
@@ -84,7 +87,7 @@ def test_filter_batch_equals_incremental_with_missing_returns(btc_model, btc_dai
     f = RegimeFilter(btc_model)
     inc = np.array([list(f.update(x, time=t).values()) for t, x in r.items()])
     np.testing.assert_allclose(inc, batch.to_numpy(), rtol=0, atol=1e-12)
-    assert list(batch.columns) == REGIME_COLUMNS
+    assert list(batch.columns) == REGIME_NAMES
     assert f.regime == Regime(batch.iloc[-1].idxmax())
     # a NaN step is the prediction through the transition matrix
     np.testing.assert_allclose(batch.iloc[10].to_numpy(), batch.iloc[9].to_numpy() @ btc_model.transition, atol=1e-15)

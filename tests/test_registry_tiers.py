@@ -25,11 +25,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from trade_matrix.core import ModelError
 from trade_matrix.core import sha256_file
-from trade_matrix.models import (ModelConfig, TrainConfig, TrainingResult, decide, fit_model, load_model,
-                                 walk_forward_variants)
-from trade_matrix.registry import TIER_NAMES, LoadedModel, ModelRegistry, RegisteredVersion
-from trade_matrix.selection import features_checksum
-from trade_matrix.validation import WalkForwardConfig, splits_table, walk_forward_splits, window_metrics
+from trade_matrix.models.training import (ModelConfig, TrainConfig, TrainingResult, decide, fit_model, load_model,
+                                          walk_forward_variants)
+from trade_matrix.models.registry import ModelRegistry
+from trade_matrix.models.tracking import TIER_NAMES, LoadedModel, RegisteredVersion
+from trade_matrix.models.selection import features_checksum
+from trade_matrix.models.validation import WalkForwardConfig, splits_table, walk_forward_splits, window_metrics
 
 SYMBOL = "SYNUSDT"
 SMALL = TrainConfig(model=ModelConfig(n_estimators=30, transfer_trees=(10, 20), n_jobs=1),

@@ -11,21 +11,26 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import SizingTier, iso
-from trade_matrix.data import load_market_data
-from trade_matrix.features import compute_features, forward_return
-from trade_matrix.models import ModelConfig, fit_model
-from trade_matrix.regime import RegimeConfig
+from trade_matrix.data.market import load_market_data
+from trade_matrix.features.catalogue import compute_features, forward_return
+from trade_matrix.models.training import ModelConfig, fit_model
+from trade_matrix.strategy.regime import RegimeConfig
 from trade_matrix.core import ModelError
-from trade_matrix.models import TrainConfig, train_instrument
-from trade_matrix.replay import (NO_MODEL, CompiledTrees, ModelSchedule, ReplayConfig, WeeklyConfig, batch_targets,
-                                 fit_regime_models, parity_check, replay, research_parity, research_run,
-                                 weekly_schedule)
-from trade_matrix.validation import WalkForwardConfig
-from trade_matrix.risk import BreakerConfig, RiskConfig, daily_returns, portfolio_var
+from trade_matrix.models.training import TrainConfig, train_instrument
+from trade_matrix.backtest.parity import batch_targets, parity_check, research_parity, research_run
+from trade_matrix.backtest.replay import ModelSchedule, replay
+from trade_matrix.backtest.weekly import WeeklyConfig, weekly_schedule
+from trade_matrix.models.compiled import CompiledTrees
+from trade_matrix.trader.config import TraderConfig, fit_regime_models
+from trade_matrix.trader.decision import NO_MODEL
+from trade_matrix.models.validation import WalkForwardConfig
+from trade_matrix.risk.breaker import BreakerConfig
+from trade_matrix.risk.engine import RiskConfig
+from trade_matrix.risk.var import daily_returns, portfolio_var
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 START, END = pd.Timestamp("2024-05-01", tz="UTC"), pd.Timestamp("2024-05-22", tz="UTC")
-CFG = ReplayConfig(regime=RegimeConfig(search_reps=0, refine_starts=2), breaker=BreakerConfig(max_drawdown=0.3))
+CFG = TraderConfig(regime=RegimeConfig(search_reps=0, refine_starts=2), breaker=BreakerConfig(max_drawdown=0.3))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def regimes(md):
 
 @pytest.fixture(scope="module")
 def result(md, models, regimes):
-    logging.getLogger("trade_matrix.risk").setLevel(logging.ERROR)
+    logging.getLogger("trade_matrix.risk.breaker").setLevel(logging.ERROR)
     return replay(md, SYMBOLS, START, END, models, CFG, regime_models=regimes)
 
 
@@ -231,8 +236,9 @@ def test_rl_policy_in_the_cascade_keeps_parity(md, models, regimes):
 
 
 def test_use_regimes_restarts_each_filter_on_the_refitted_model(md, models, regimes):
-    from trade_matrix.replay import DecisionPath
-    path = DecisionPath(SYMBOLS, models, CFG, regime_models=regimes)
+    from trade_matrix.execution.paper import PaperExchange
+    from trade_matrix.trader.decision import DecisionPath
+    path = DecisionPath(SYMBOLS, models, CFG, regime_models=regimes, venue=PaperExchange())
     week = START + pd.Timedelta("7D")
     new = fit_regime_models(md, SYMBOLS, week, CFG.regime)
     history = {s: md.as_of(week).bars(s)[["close"]] for s in SYMBOLS}
@@ -248,7 +254,7 @@ TIGHT = CFG.model_copy(update={"risk": RiskConfig(var_limit=0.02)})
 
 @pytest.fixture(scope="module")
 def tight(md, models, regimes):
-    logging.getLogger("trade_matrix.risk").setLevel(logging.ERROR)
+    logging.getLogger("trade_matrix.risk.breaker").setLevel(logging.ERROR)
     return replay(md, SYMBOLS, START, END, models, TIGHT, regime_models=regimes)
 
 

@@ -5,9 +5,12 @@ import pytest
 
 from test_models import planted_bars
 from trade_matrix.core import ConfigError, SeriesKind
-from trade_matrix.data import write_data_file
-from trade_matrix.registry import ModelRegistry
-from trade_matrix.retrain import STEPS, RetrainParams, parse_params, retrain_command, run_retrain, run_steps
+from trade_matrix.data.market import write_data_file
+from trade_matrix.models.registry import ModelRegistry
+from trade_matrix.cli import retrain_command
+from trade_matrix.retrain.runner import parse_params, run_retrain
+from trade_matrix.retrain.params import STEPS, RetrainParams
+from trade_matrix.retrain.steps import run_steps
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from trade_matrix.core import SeriesKind
-from trade_matrix.data import DataCatalog, read_data_file
-from trade_matrix.loopback import BybitLoopback, DeribitLoopback, ManualClock
-from trade_matrix.retrain import RetrainParams, step_data
+from trade_matrix.data.market import DataCatalog, read_data_file
+from trade_matrix.core import ManualClock
+from trade_matrix.testing.bybit import BybitLoopback
+from trade_matrix.testing.deribit import DeribitLoopback
+from trade_matrix.retrain.params import RetrainParams
+from trade_matrix.retrain.steps import step_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

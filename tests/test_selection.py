@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import DataError, ModelError
-from trade_matrix.selection import (Decision, LockedFeatures, SelectionConfig, apply_size_rule, boruta,
-                                    boruta_decide, features_checksum, planted_signal_frame, select_features)
+from trade_matrix.models.selection import (Decision, LockedFeatures, SelectionConfig, apply_size_rule, boruta,
+                                           boruta_decide, features_checksum, planted_signal_frame, select_features)
 
 # small and quick: 50 trees, 30 iterations
 FAST = SelectionConfig(n_estimators=50, max_iter=30)
@@ -66,7 +66,7 @@ def test_padding_is_recorded_in_the_result_and_named_in_a_warning(caplog):
     X, _, _ = planted_signal_frame(n_rows=1500, n_noise=40, seed=11)
     placebo = pd.Series(np.random.default_rng(12).standard_normal(len(X)), index=X.index)
 
-    with caplog.at_level("WARNING", logger="trade_matrix.selection"):
+    with caplog.at_level("WARNING", logger="trade_matrix.models.selection"):
         r = boruta(X, placebo, FAST, symbol="PLACEBO")
 
     assert len(r.filled) == FAST.min_features
@@ -268,7 +268,7 @@ def test_align_with_allow_extra_picks_the_locked_columns_from_a_full_frame():
 
 @pytest.fixture(scope="module")
 def market():
-    from trade_matrix.data import load_market_data
+    from trade_matrix.data.market import load_market_data
     return load_market_data(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"])
 
 
@@ -298,7 +298,7 @@ def test_real_data_selection_chooses_9_to_13_features(market, symbol):
 
 @pytest.mark.slow
 def test_real_features_against_a_shuffled_label_confirm_and_roughly_fix_nothing(market):
-    from trade_matrix.features import compute_features, forward_return
+    from trade_matrix.features.catalogue import compute_features, forward_return
     features = compute_features(market, "BTCUSDT").features
     label = forward_return(market.bars("BTCUSDT"))
     ok = label.notna().to_numpy()

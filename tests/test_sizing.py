@@ -8,9 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trade_matrix.core import BreakerState, ModelError, Regime, SizingTier
-from trade_matrix.sizing import (CascadeConfig, KellyConfig, Sizer, choose_tier, kelly_positions, kelly_target, rebalance,
-                                 track_signals)
-from trade_matrix.validation import CostConfig, strategy_returns
+from trade_matrix.research.signals import kelly_positions
+from trade_matrix.strategy.signal import track_signals
+from trade_matrix.strategy.sizing import CascadeConfig, KellyConfig, Sizer, choose_tier, kelly_target, rebalance
+from trade_matrix.core import CostConfig
+from trade_matrix.models.validation import strategy_returns
 
 T, B = SizingTier, BreakerState
 

@@ -1,6 +1,6 @@
 """Sources against loopback exchanges: paging, the forming bar, retries, refusals and the live stream.
 
-Every test talks to a real HTTP/WebSocket server on 127.0.0.1 (trade_matrix.loopback) through the real
+Every test talks to a real HTTP/WebSocket server on 127.0.0.1 (trade_matrix.testing) through the real
 clients (pybit, requests); nothing is mocked. Clocks are injected and retry sleeps recorded, so the tests are
 deterministic and fast.
 """
@@ -11,10 +11,15 @@ import pandas as pd
 import pybit.unified_trading
 import pytest
 
-from trade_matrix.core import BybitConfig, ConfigError, ExchangeError, FatalError, SeriesKind, TemporaryExchangeError, to_ms
-from trade_matrix.data import DataCatalog, read_data_file
-from trade_matrix.loopback import BybitLoopback, DeribitLoopback, Fault, ManualClock
-from trade_matrix.sources import DERIBIT_VOLATILITY_PATH, BybitSource, DeribitSource
+from trade_matrix.core import (BybitConfig, ConfigError, ExchangeError, FatalError, SeriesKind,
+                               TemporaryExchangeError, to_ms)
+from trade_matrix.data.market import DataCatalog, read_data_file
+from trade_matrix.core import ManualClock
+from trade_matrix.testing.bybit import BybitLoopback
+from trade_matrix.testing.deribit import DeribitLoopback
+from trade_matrix.testing.loopback import Fault
+from trade_matrix.adapters.bybit import BybitSource
+from trade_matrix.adapters.deribit import DERIBIT_VOLATILITY_PATH, DeribitSource
 
 KLINE = "/v5/market/kline"
 FUNDING = "/v5/market/funding/history"

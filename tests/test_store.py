@@ -14,16 +14,8 @@ import pandas as pd
 import pytest
 
 from trade_matrix.core import ConfigError, DataError, SeriesKind
-from trade_matrix.store import (
-    DuckDBStore,
-    FrameSource,
-    PostgresStore,
-    SeriesInfo,
-    Store,
-    WriteResult,
-    backfill,
-    open_store,
-)
+from trade_matrix.data.store import (DuckDBStore, FrameSource, PostgresStore, SeriesInfo, Store, WriteResult,
+                                     backfill, open_store)
 
 H = pd.Timedelta(hours=1)
 T0 = pd.Timestamp("2024-01-01T00:00Z")

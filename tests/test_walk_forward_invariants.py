@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from trade_matrix.core import DataError
-from trade_matrix.validation import WalkForwardConfig, walk_forward_splits
+from trade_matrix.models.validation import WalkForwardConfig, walk_forward_splits
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

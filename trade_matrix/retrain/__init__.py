@@ -1,0 +1,1 @@
+"""The weekly retrain pipeline, step by step, and the papermill runner of research/retrain.ipynb."""
