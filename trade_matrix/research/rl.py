@@ -337,7 +337,7 @@ def _bar_length(index: pd.Index) -> pd.Timedelta:
 
 def _training_rows(frame: pd.DataFrame, spec: EnvSpec, until) -> pd.DataFrame:
     "Rows whose label was known by `until` and whose inputs are all present."
-    _check_frame(frame, spec.frame_columns + (LABEL, "sigma", "p_Crisis"), "training frame", finite=False)
+    _check_frame(frame, tuple(dict.fromkeys(spec.frame_columns + (LABEL, "sigma", "p_Crisis"))), "training frame", finite=False)
     if until is not None:
         frame = frame[frame.index + 2 * _bar_length(frame.index) <= utc(until)]
     needed = list(dict.fromkeys(spec.frame_columns + (LABEL, "sigma", "p_Crisis")))
