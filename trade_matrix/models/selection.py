@@ -350,9 +350,9 @@ def plot_selection(result: SelectionResult,  # from `boruta` or `select_features
     data = [result.shadow_max.to_numpy()] + [result.importance_history[n].dropna().to_numpy() for n in shown]
     box = ax.boxplot(data, orientation="horizontal", patch_artist=True, widths=0.6, showfliers=False)
     colors = ["#1565c0"] + [_COLORS[result.decisions[n]] for n in shown]
-    for patch, c in zip(box["boxes"], colors):
-        patch.set_facecolor(c)
-        patch.set_alpha(0.75)
+    for box_patch, c in zip(box["boxes"], colors):
+        box_patch.set_facecolor(c)
+        box_patch.set_alpha(0.75)
     ax.set_yticks(range(1, len(shown) + 2), ["shadow max"] + shown)
     for label, n in zip(ax.get_yticklabels()[1:], shown):
         if n in result.selected:
