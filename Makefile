@@ -26,7 +26,7 @@ test: install services
 	$(BIN)/python tools/unchanged.py trade_matrix -- $(BIN)/nbdev-export
 	$(BIN)/nbdev-test --flags services --n-workers 2
 	$(BIN)/pytest tests/ -q
-	$(BIN)/ruff check trade_matrix/
+	$(BIN)/ruff check --no-cache trade_matrix/
 
 install: $(STAMP) $(EDIT)
 
@@ -51,7 +51,7 @@ clean-nbs: install
 	$(BIN)/nbdev-clean
 
 lint: install
-	$(BIN)/ruff check trade_matrix/
+	$(BIN)/ruff check --no-cache trade_matrix/
 
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
