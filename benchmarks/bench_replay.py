@@ -19,7 +19,7 @@ import pandas as pd
 
 from trade_matrix.data.market import load_market_data
 from trade_matrix.features.catalogue import compute_features, forward_return
-from trade_matrix.models.training import ModelConfig, fit_model
+from trade_matrix.models.tree import ModelConfig, fit_model
 from trade_matrix.backtest.parity import research_parity
 from trade_matrix.backtest.replay import replay
 from trade_matrix.trader.config import TraderConfig, fit_regime_models

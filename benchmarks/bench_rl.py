@@ -22,8 +22,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import numpy as np
 import pandas as pd
 
-from trade_matrix.research.rl import (TradingEnv, compare_with_kelly, evaluate_policy, synthetic_signal_frame,
-                                      train_policy)
+from trade_matrix.research.rl import TradingEnv, evaluate_policy, synthetic_signal_frame, train_policy
+from trade_matrix.research.rl_evaluation import compare_with_kelly
 from trade_matrix.strategy.policy import EnvSpec, RLConfig
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

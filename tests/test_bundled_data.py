@@ -1,6 +1,5 @@
 """The bundled data checks out exactly as its provenance note says, and the as-of view never leaks."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

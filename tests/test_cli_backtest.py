@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from trade_matrix.cli import app
+from trade_matrix.cli.app import app
 
 
 def tm_process(*args):

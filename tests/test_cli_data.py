@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from trade_matrix.cli import app
+from trade_matrix.cli.app import app
 from trade_matrix.core import SeriesKind
 from trade_matrix.data.market import DataCatalog, load_series, read_data_file, parse_data_filename
 from trade_matrix.testing.bybit import BybitLoopback

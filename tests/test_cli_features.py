@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from trade_matrix.cli import app
+from trade_matrix.cli.app import app
 from trade_matrix.data.market import load_market_data
 from trade_matrix.features.catalogue import FEATURE_NAMES, compute_features
 

@@ -5,7 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from test_models import planted_bars
-from trade_matrix.cli import app, main
+from trade_matrix.cli.app import app
+from trade_matrix.cli.main import main
 from trade_matrix.core import SeriesKind
 from trade_matrix.data.market import write_data_file
 

@@ -5,7 +5,8 @@ import pytest
 
 from trade_matrix.core import SeriesKind
 from trade_matrix.data.market import load_market_data, write_data_file
-from trade_matrix.models.training import ModelConfig, TrainConfig, load_model, save_model, train_instrument
+from trade_matrix.models.training import TrainConfig, train_instrument
+from trade_matrix.models.tree import ModelConfig, load_model, save_model
 from trade_matrix.models.validation import WalkForwardConfig
 
 # Smaller than production (20 windows, 80 trees) so the placebo matrix stays quick; the gates are the real ones.

@@ -290,7 +290,7 @@ def test_the_4h_frequency_works_end_to_end(market):
 def test_tm_regime_json_is_exactly_the_contract():
     from typer.testing import CliRunner
 
-    from trade_matrix.cli import app
+    from trade_matrix.cli.app import app
     res = CliRunner().invoke(app, ["regime", "--symbol", "BTCUSDT", "--until", "2024-01-01", "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"tm regime --json printed {c}"))
@@ -304,7 +304,7 @@ def test_tm_regime_json_is_exactly_the_contract():
 def test_tm_regime_human_output_keeps_the_fit_details():
     from typer.testing import CliRunner
 
-    from trade_matrix.cli import app
+    from trade_matrix.cli.app import app
     res = CliRunner().invoke(app, ["regime", "--symbol", "BTCUSDT", "--until", "2024-01-01"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     for part in ("model fitted on data until", "converged", "annual mean", "annual volatility", "Crisis"):

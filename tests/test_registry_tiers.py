@@ -25,8 +25,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from trade_matrix.core import ModelError
 from trade_matrix.core import sha256_file
-from trade_matrix.models.training import (ModelConfig, TrainConfig, TrainingResult, decide, fit_model, load_model,
-                                          walk_forward_variants)
+from trade_matrix.models.training import TrainConfig, TrainingResult, decide, walk_forward_variants
+from trade_matrix.models.tree import ModelConfig, fit_model, load_model
 from trade_matrix.models.registry import ModelRegistry
 from trade_matrix.models.tracking import TIER_NAMES, LoadedModel, RegisteredVersion
 from trade_matrix.models.selection import features_checksum

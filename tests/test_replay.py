@@ -13,7 +13,7 @@ import pytest
 from trade_matrix.core import SizingTier, iso
 from trade_matrix.data.market import load_market_data
 from trade_matrix.features.catalogue import compute_features, forward_return
-from trade_matrix.models.training import ModelConfig, fit_model
+from trade_matrix.models.tree import ModelConfig, fit_model
 from trade_matrix.strategy.regime import RegimeConfig
 from trade_matrix.core import ModelError
 from trade_matrix.models.training import TrainConfig, train_instrument

@@ -7,7 +7,7 @@ from test_models import planted_bars
 from trade_matrix.core import ConfigError, SeriesKind
 from trade_matrix.data.market import write_data_file
 from trade_matrix.models.registry import ModelRegistry
-from trade_matrix.cli import retrain_command
+from trade_matrix.cli.main import retrain_command
 from trade_matrix.retrain.runner import parse_params, run_retrain
 from trade_matrix.retrain.params import STEPS, RetrainParams
 from trade_matrix.retrain.steps import run_steps

@@ -6,10 +6,7 @@ examples. Redis tests use the run's unique prefix (`redis_url_prefix`) and FAIL 
 """
 from __future__ import annotations
 
-import ast
 import json
-import subprocess
-import sys
 from decimal import Decimal
 
 import numpy as np

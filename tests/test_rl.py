@@ -13,9 +13,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from trade_matrix.core import DataError, ModelError
-from trade_matrix.research.rl import (TradingEnv, compare_with_kelly, curriculum_frames, evaluate_policy,
-                                      evaluate_positions, load_logged_policy, log_policy, synthetic_signal_frame,
-                                      train_policy, trading_pnl)
+from trade_matrix.research.rl import (TradingEnv, curriculum_frames, evaluate_policy, synthetic_signal_frame, train_policy, trading_pnl)
+from trade_matrix.research.rl_evaluation import compare_with_kelly, load_logged_policy, log_policy
 from trade_matrix.strategy.policy import EnvSpec, PPOSettings, RLConfig, RLPolicy, SACSettings
 from trade_matrix.core import CostConfig
 from trade_matrix.models.validation import strategy_returns

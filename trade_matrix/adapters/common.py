@@ -43,9 +43,6 @@ def deribit_resolution(interval: str) -> str:
     return code
 
 # %% ../../nbs/12_adapters_common.ipynb #4fd8d536
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 def call_with_retries(call: Callable[[], Any],          # one attempt; raises TemporaryExchangeError when worth retrying
                       what: str,                        # names the request in messages: exchange, endpoint, symbol
                       max_retries: int,                 # retries after the first attempt

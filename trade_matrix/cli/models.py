@@ -114,7 +114,8 @@ def train_cmd(symbol: Symbol,
               train_config: Annotated[Path | None, typer.Option("--train-config", help="TOML with TrainConfig's sections ([gates], [cost], [walk_forward], [model], [selection])")] = None,
               json_out: JsonFlag = False):
     "Train one instrument: selection, purged walk-forward, gates, registry; deploy when the gates pass."
-    from trade_matrix.models.training import ModelConfig, TrainConfig, load_train_config, train_instrument
+    from trade_matrix.models.training import TrainConfig, load_train_config, train_instrument
+    from trade_matrix.models.tree import ModelConfig
     s = _settings(data_dir)
     t0 = time.perf_counter()
     config = (load_train_config(train_config, {"model": {"seed": seed}}) if train_config is not None
@@ -245,7 +246,8 @@ def rl_train(symbol: Symbol,
              test_bars: Annotated[int, typer.Option(help="latest bars held out for the comparison")] = 1000,
              data_dir: DataDir = None, tracking_uri: TrackingUri = None, json_out: JsonFlag = False):
     "Train the RL sizer with the curriculum and compare it with Kelly out of sample."
-    from trade_matrix.research.rl import compare_with_kelly, log_policy, train_policy
+    from trade_matrix.research.rl import train_policy
+    from trade_matrix.research.rl_evaluation import compare_with_kelly, log_policy
     from trade_matrix.strategy.policy import RLConfig
     from trade_matrix.research.signals import kelly_positions, signal_frame
     if algorithm.upper() not in ("SAC", "PPO"):

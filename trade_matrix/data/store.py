@@ -7,7 +7,6 @@ Docs: https://trade-matrix.github.io/trade_matrix/data_store.html.md"""
 # %% ../../nbs/13_data_store.ipynb #315692aa
 from __future__ import annotations
 
-import abc
 import duckdb
 import logging
 import numpy as np

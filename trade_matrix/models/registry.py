@@ -24,7 +24,8 @@ from .tracking import (artifact_location, CHAMPION_ALIAS, check_tracking_store, 
                                           pip_requirements, PRODUCTION_ALIAS, PYFUNC_MODEL_CODE, RegisteredVersion,
                                           _scoped_tracking, _short, _signature, _sqlite_path, TIER_NAMES,
                                           _training_artifacts, _training_metrics, _training_params)
-from .training import load_model, TrainingResult, TreeModel
+from .training import TrainingResult
+from .tree import load_model, TreeModel
 
 _log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from ..core import iso, ModelError, PROJECT_ROOT
-from .training import save_model, TrainingResult, TreeModel
+from .training import TrainingResult
+from .tree import save_model, TreeModel
 
 # %% auto #0
 __all__ = ['PRODUCTION_ALIAS', 'CHAMPION_ALIAS', 'MODEL_FILES', 'TIER_NAMES', 'PYFUNC_MODEL_CODE', 'artifact_location',
@@ -235,7 +236,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from trade_matrix.models.training import load_model
+from trade_matrix.models.tree import load_model
 
 
 class TreeModelPyfunc(PythonModel):

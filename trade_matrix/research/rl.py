@@ -9,17 +9,14 @@ Docs: https://trade-matrix.github.io/trade_matrix/research_rl.html.md"""
 from __future__ import annotations
 
 import gymnasium
-import json
 import logging
 import math
 import numpy as np
 import pandas as pd
-import tempfile
 import time
 from fastcore.basics import patch
 from gymnasium import spaces
 from gymnasium.utils import seeding
-from pathlib import Path
 from ..core import ConfigError, DataError, iso, REGIME_PROBABILITY_COLUMNS, utc
 from ..models.validation import annualised_sharpe
 from ..strategy.policy import (CurriculumStage, _deterministic_action, EnvSpec, LABEL,
@@ -29,8 +26,7 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['SIGNAL_COLUMNS', 'trade_costs', 'TradingEnv', 'synthetic_signal_frame', 'calm_mask', 'curriculum_frames',
-           'trading_pnl', 'evaluate_positions', 'train_policy', 'evaluate_policy', 'compare_with_kelly', 'log_policy',
-           'load_logged_policy', 'plot_learning_curves', 'plot_rl_vs_kelly']
+           'trading_pnl', 'evaluate_positions', 'train_policy', 'evaluate_policy']
 
 # %% ../../nbs/72_research_rl.ipynb #63b9be1f
 def trade_costs(turnover: np.ndarray | float,  # |Δposition| per bar
@@ -458,162 +454,3 @@ def evaluate_policy(policy: RLPolicy,     # a trained policy
     metrics = evaluate_positions(frame, positions, policy.spec) | {"held_on_missing": int(missing.sum())}
     return {"positions": pd.Series(positions, index=frame.index, name="position"),
             "pnl": trading_pnl(frame, positions, policy.spec), "metrics": metrics}
-
-# %% ../../nbs/72_research_rl.ipynb #8d6e1067
-def compare_with_kelly(policy: RLPolicy,             # a trained policy
-                       frame: pd.DataFrame,          # out-of-sample signal frame
-                       kelly_positions: np.ndarray,  # Kelly's positions over the same bars
-                       ) -> pd.DataFrame:
-    "RL vs Kelly vs flat vs always-long on the same bars and costs: Sharpe gross/net, returns, turnover, costs, drawdown."
-    spec = policy.spec
-    start = utc(policy.trained_until)
-    if isinstance(frame.index, pd.DatetimeIndex) and len(frame) and frame.index[0] < start - _bar_length(frame.index):
-        _log.warning("%s: the comparison frame starts at %s, before the policy's training cut %s: not out of sample",
-                     policy.symbol, iso(frame.index[0]), policy.trained_until)
-    paths = {"RL": evaluate_policy(policy, frame)["positions"].to_numpy(),
-             "Kelly": np.asarray(kelly_positions, dtype="float64"),
-             "always long": np.ones(len(frame)), "flat": np.zeros(len(frame))}
-    rows = {name: evaluate_positions(frame, p, spec) for name, p in paths.items()}
-    cols = ["sharpe_net", "sharpe_gross", "return_net", "return_gross", "annual_turnover", "fees", "costs",
-            "max_drawdown", "exposure", "bars"]
-    return pd.DataFrame.from_dict(rows, orient="index")[cols]
-
-# %% ../../nbs/72_research_rl.ipynb #c6c3fea9
-def _flat_params(prefix: str, d: dict) -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}"
-        if isinstance(v, dict):
-            out |= _flat_params(key, v)
-        elif isinstance(v, (list, tuple)) and v and isinstance(v[0], dict):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-    return out
-
-# %% ../../nbs/72_research_rl.ipynb #7fd2a76f
-def log_policy(policy: RLPolicy,
-               tracking_uri: str,                  # sqlite:///..., postgresql://..., http://mlflow:5000
-               artifact_root: str | Path,          # folder or URI for the experiment's artifacts (when created)
-               experiment: str = "trade-matrix-rl",
-               metrics: dict | None = None,        # extra figures to log (e.g. out-of-sample Sharpe)
-               run_name: str | None = None,
-               ) -> str:
-    "Log the policy's parameters, learning curve and folder as one MLflow run; returns the run id."
-    import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
-    from trade_matrix.models.tracking import artifact_location, check_tracking_store
-    check_tracking_store(tracking_uri, create=True)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        try:
-            experiment_id = client.create_experiment(experiment, artifact_location=artifact_location(artifact_root))
-        except MlflowException:
-            exp = client.get_experiment_by_name(experiment)   # created meanwhile by another process
-            if exp is None:
-                raise
-            experiment_id = exp.experiment_id
-    else:
-        experiment_id = exp.experiment_id
-        if exp.lifecycle_stage != "active":
-            client.restore_experiment(experiment_id)
-    tags = {"symbol": policy.symbol, "algorithm": policy.config.algorithm, "trained_until": policy.trained_until,
-            "kind": "rl-policy"}
-    run = client.create_run(experiment_id, run_name=run_name or f"{policy.symbol} {policy.config.algorithm} "
-                                                                 f"{policy.trained_until}",
-                            tags=tags)
-    run_id = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        params = _flat_params("env", policy.spec.model_dump(mode="json"))
-        params |= _flat_params("config", policy.config.model_dump(mode="json", exclude={"env"}))
-        params |= {f"timing.{k}": f"{v:.2f}" for k, v in policy.timings.items()}
-        params |= {f"data.{k}": str(v) for k, v in policy.data.items()}
-        plist = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(plist), 100):
-            client.log_batch(run_id, params=plist[i:i + 100])
-        values = []
-        numeric = [c for c in policy.curve.columns if c not in ("stage", "timesteps")
-                   and pd.api.types.is_numeric_dtype(policy.curve[c])]
-        for _, row in policy.curve.iterrows():
-            values += [Metric(f"curve.{c}", float(row[c]), now, int(row["timesteps"])) for c in numeric
-                       if math.isfinite(float(row[c]))]
-        values += [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
-        for i in range(0, len(values), 1000):
-            client.log_batch(run_id, metrics=values[i:i + 1000])
-        with tempfile.TemporaryDirectory(prefix="tm-rl-") as tmp:
-            folder = policy.save(Path(tmp) / "policy")
-            client.log_artifacts(run_id, str(folder), artifact_path="policy")
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    _log.info("%s: RL policy logged as run %s in experiment %s", policy.symbol, run_id, experiment)
-    return run_id
-
-# %% ../../nbs/72_research_rl.ipynb #2b9acd75
-def load_logged_policy(tracking_uri: str,   # the tracking store `log_policy` wrote to
-                       run_id: str,
-                       ) -> RLPolicy:
-    "Download a logged policy folder and load it (hashes verified)."
-    import mlflow
-    with tempfile.TemporaryDirectory(prefix="tm-rl-") as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy", dst_path=tmp,
-                                                   tracking_uri=tracking_uri)
-        return RLPolicy.load(path)
-
-# %% ../../nbs/72_research_rl.ipynb #2fa56867
-def plot_learning_curves(policy: RLPolicy):
-    "Training reward per bar and held-out net/gross Sharpe against timesteps, stages shaded."
-    import matplotlib.pyplot as plt
-    c = policy.curve
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    axes[0].plot(c["timesteps"], c["reward_per_bar"], marker="o", color="#6a1b9a")
-    axes[0].set_ylabel("training reward per bar (x100 log return)")
-    if "holdout_sharpe_net" in c:
-        axes[1].plot(c["timesteps"], c["holdout_sharpe_net"], marker="o", label="net", color="#2e7d32")
-        axes[1].plot(c["timesteps"], c["holdout_sharpe_gross"], marker=".", ls="--", label="gross", color="#81c784")
-        axes[1].axhline(0, color="grey", lw=0.8)
-        axes[1].legend(loc="best", fontsize=8)
-    axes[1].set_ylabel("held-out Sharpe (annualised)")
-    edge = 0
-    shades = ["#e3f2fd", "#fff8e1", "#fce4ec", "#e8f5e9"]
-    for k, stage in enumerate(policy.config.stages):
-        for ax in axes:
-            ax.axvspan(edge, edge + stage.timesteps, color=shades[k % len(shades)], zorder=0)
-            ax.text(edge + stage.timesteps / 2, 1.01, f"{stage.name} ({stage.cost_multiplier}x costs)", ha="center",
-                    va="bottom", fontsize=8, transform=ax.get_xaxis_transform())
-        edge += stage.timesteps
-    for ax in axes:
-        ax.set_xlabel("timesteps")
-    fig.suptitle(f"{policy.symbol} {policy.config.algorithm}: learning curve", y=1.06)
-    fig.tight_layout()
-    return fig
-
-def plot_rl_vs_kelly(policy: RLPolicy,            # a trained policy
-                     frame: pd.DataFrame,         # out-of-sample signal frame
-                     kelly_positions: np.ndarray, # Kelly's positions over the same bars
-                     title: str = "",
-                     ):
-    "Net equity (log) of RL, Kelly and always-long out of sample, and the two position paths."
-    import matplotlib.pyplot as plt
-    spec = policy.spec
-    rl = evaluate_policy(policy, frame)["positions"].to_numpy()
-    paths = {"RL": (rl, "#6a1b9a"), "Kelly": (np.asarray(kelly_positions, dtype="float64"), "#1565c0"),
-             "always long": (np.ones(len(frame)), "#9e9e9e")}
-    fig, axes = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for name, (p, color) in paths.items():
-        pnl = trading_pnl(frame, p, spec)
-        axes[0].plot(frame.index, pnl["net"].cumsum(), lw=1.0, color=color,
-                     label=f"{name} (net Sharpe {evaluate_positions(frame, p, spec)['sharpe_net']:.2f})")
-    axes[0].set_ylabel("cumulative net log return")
-    axes[0].legend(loc="upper left", fontsize=8)
-    axes[1].plot(frame.index, paths["Kelly"][0], lw=0.7, color="#1565c0", label="Kelly")
-    axes[1].plot(frame.index, rl, lw=0.7, color="#6a1b9a", label="RL")
-    axes[1].set_ylabel("position")
-    axes[1].legend(loc="upper left", fontsize=8)
-    axes[0].set_title(title or f"{policy.symbol}: RL ({policy.config.algorithm}) vs Kelly out of sample, net of costs")
-    fig.tight_layout()
-    return fig

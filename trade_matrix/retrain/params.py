@@ -98,7 +98,8 @@ def settings(self: RetrainParams) -> Settings:
 @patch
 def train_config(self: RetrainParams):
     "The `TrainConfig` of the run: the default model, this run's windows, gates and seed."
-    from trade_matrix.models.training import ModelConfig, TrainConfig
+    from trade_matrix.models.training import TrainConfig
+    from trade_matrix.models.tree import ModelConfig
     from trade_matrix.models.validation import WalkForwardConfig
     return TrainConfig(model=ModelConfig(seed=self.seed), walk_forward=WalkForwardConfig(n_windows=self.n_windows),
                        gates=GateConfig(**{k: getattr(self, k) for k in _GATE_FIELDS}))

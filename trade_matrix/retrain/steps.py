@@ -291,7 +291,8 @@ def backtest_start(frame_index: pd.DatetimeIndex, until, months: int) -> pd.Time
 def _rl_one(args):
     "Worker: train one instrument's RL sizer, compare it with Kelly out of sample, save the policy folder."
     frame, symbol, config, start, folder = args
-    from trade_matrix.research.rl import compare_with_kelly, train_policy
+    from trade_matrix.research.rl import train_policy
+    from trade_matrix.research.rl_evaluation import compare_with_kelly
     from trade_matrix.research.signals import kelly_positions
     train, test = frame[frame.index < start], frame[frame.index >= start]
     usable = int(np.isfinite(train[["signal", "confidence", "sigma", "ret", "p_Crisis"]].to_numpy(dtype="float64")).all(axis=1).sum())
@@ -311,7 +312,7 @@ def step_rl(params: RetrainParams, data: StepResult, signals: StepResult,
     t0 = time.perf_counter()
     if not params.rl:
         return StepResult("rl", time.perf_counter() - t0, {"skipped": True}, pd.DataFrame(), {"policies": {}})
-    from trade_matrix.research.rl import log_policy, plot_learning_curves
+    from trade_matrix.research.rl_evaluation import log_policy, plot_learning_curves
     from trade_matrix.strategy.policy import RLConfig, RLPolicy
     settings, frames = data.outputs["settings"], signals.outputs["frames"]
     base = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="tm-retrain-rl-"))
