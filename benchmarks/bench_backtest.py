@@ -7,7 +7,9 @@ accounting: an order per symbol per bar), NaN on 30% of the rows. Printed:
 - the first call in the process (vectorbt's import and numba compile, even with `NUMBA_CACHE_DIR` set);
 - the warm call, median of 5 (target <= 1 s): the plain loop, two baselines, metrics and the vectorbt cross-check;
 - the plain accounting loop alone (`simulate`), median of 5;
-- vectorbt's `from_orders` + `value()` alone, median of 5.
+- vectorbt's `from_orders` of the reported fills + `value()` alone, median of 5;
+- the cross-check: vectorbt re-accounting the reported path (funding priced on its holdings) against the reported
+  equity, its largest relative difference and the tolerance.
 
 Run: `NUMBA_CACHE_DIR=.numba_cache python benchmarks/bench_backtest.py`.
 """
@@ -19,8 +21,8 @@ t_import = time.perf_counter()
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from trade_matrix.backtest.accounting import (BacktestConfig, align, funding_matrix, research_backtest, simulate,
-                                              vbt_portfolio)
+from trade_matrix.backtest.accounting import (BacktestConfig, align, executed_units, funding_matrix, research_backtest,
+                                              simulate, vbt_portfolio)
 from trade_matrix.data.market import load_market_data
 
 t_import = time.perf_counter() - t_import
@@ -66,6 +68,10 @@ rates = funding_matrix(funding, t.index, SYMBOLS)
 med, best = timed(lambda: simulate(o, c, t, cfg, rates))
 print(f"plain loop (simulate): median {med * 1e3:.1f} ms, best {best * 1e3:.1f} ms "
       f"({med / len(index) * 1e6:.2f} us per bar, {len(first.trades)} fills)")
-med, best = timed(lambda: vbt_portfolio(o, c, t, cfg).value())
+units = executed_units(first.trades, t.index, SYMBOLS)
+med, best = timed(lambda: vbt_portfolio(o, c, units, cfg).value())
 print(f"vectorbt from_orders + value: median {med * 1e3:.1f} ms, best {best * 1e3:.1f} ms")
-print(f"cross-check: {first.cross_check}")
+cc = first.cross_check
+print(f"cross-check {'passed' if cc['passed'] else 'FAILED'}: max relative equity difference {cc['max_rel_equity_diff']:.1e}, "
+      f"max weight difference {cc['max_weight_diff']:.1e} over {cc['fills_checked_against_targets']} fills, "
+      f"funding {cc['funding_recomputed']:.2f}, tolerance {cc['tolerance']:.0e}")

@@ -5,7 +5,7 @@
 3. Curriculum training wall time per instrument with the default `RLConfig` (30,000 timesteps: calm / mixed /
    full), SAC and PPO, one torch thread each (the deployment setting: instruments train in parallel processes).
 4. Out of sample on BTCUSDT: RL (SAC and PPO) vs fractional Kelly vs always-long vs flat, net of the same fees,
-   spread and impact. The signal frame is `trade_matrix.research.signals.signal_frame` (out-of-sample walk-forward
+   slippage and funding (the one `CostConfig`). The signal frame is `trade_matrix.research.signals.signal_frame` (out-of-sample walk-forward
    predictions); the policy trains on the bars before `--split` and is tested on the bars after it.
 
 Run: `python benchmarks/bench_rl.py [--symbol BTCUSDT] [--split 2024-07-01] [--algorithms SAC PPO]`.

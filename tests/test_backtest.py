@@ -1,22 +1,28 @@
-"""Backtest: the plain accounting by hand, vectorbt agreement, baselines, out-of-sample guard, bad input, report."""
+"""Backtest: the plain accounting by hand, one cost model, vectorbt re-accounting the reported path, baselines,
+out-of-sample guard, bad input, report."""
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from trade_matrix.backtest.accounting import (BacktestConfig, ProbeLimits, probe_limits, align, buy_and_hold_targets,
-                                              check_out_of_sample, hold_unchanged, momentum_targets,
-                                              research_backtest, simulate, vbt_portfolio)
+import trade_matrix.backtest.accounting as accounting
+from trade_matrix.backtest.accounting import (BacktestConfig, CROSS_CHECK_TOLERANCE, ProbeLimits, probe_limits, align,
+                                              buy_and_hold_targets, check_out_of_sample, executed_units, funding_paid,
+                                              funding_matrix, hold_unchanged, momentum_targets, research_backtest,
+                                              simulate, vbt_portfolio)
 from trade_matrix.backtest.report import new_run_dir, write_report
-from trade_matrix.core import ConfigError, DataError
+from trade_matrix.core import ConfigError, CostConfig, DataError
+from trade_matrix.risk.engine import RiskConfig
+from trade_matrix.trader.config import TraderConfig
 
 IX = pd.date_range("2024-01-01", periods=5, freq="4h", tz="UTC")   # 00:00 .. 16:00: settlements at bars 0, 2, 4
 BARS = {"A": pd.DataFrame({"open": [100, 100, 110, 120, 100.], "close": [100, 105, 115, 125, 110.]}, index=IX),
         "B": pd.DataFrame({"open": [50, 50, 40, 45, 50.], "close": [50, 45, 42, 48, 52.]}, index=IX)}
 TARGETS = pd.DataFrame({"A": [0.5, np.nan, 0.0, 0.5, 0.0], "B": [-0.5, np.nan, np.nan, 0.0, 0.0]}, index=IX)
 FUNDING = {"A": pd.Series([0.001, 0.001], index=[IX[2], IX[4]]), "B": pd.Series([0.002], index=[IX[2]])}
-CFG = BacktestConfig(taker_fee=0.001, slippage=0.001, initial_cash=1000.0)
+CFG = BacktestConfig(cost=CostConfig(taker_fee=0.001, slippage=0.001), initial_cash=1000.0)
+TOLERANCE = 1e-9    # the cross-check's tolerance, as the README states it: relative equity difference at every bar
 
 
 def test_plain_accounting_by_hand():
@@ -59,19 +65,26 @@ def test_funding_sign_short_receives_long_pays():
     ix = pd.date_range("2024-01-01", periods=3, freq="4h", tz="UTC")
     bars = {"A": pd.DataFrame({"open": [100.0] * 3, "close": [100.0] * 3}, index=ix)}
     rates = {"A": pd.Series([0.01], index=[ix[2]])}   # 08:00
-    cfg = BacktestConfig(taker_fee=0, slippage=0, initial_cash=1000.0)
+    cfg = BacktestConfig(cost=CostConfig(taker_fee=0, slippage=0), initial_cash=1000.0)
     for w, paid in ((1.0, 10.0), (-1.0, -10.0)):
         r = research_backtest(bars, pd.DataFrame({"A": [w, np.nan, np.nan]}, index=ix), cfg, funding=rates)
         assert r.funding.sum() == pytest.approx(paid)
         assert r.equity.iloc[-1] == pytest.approx(1000 - paid)
     off = research_backtest(bars, pd.DataFrame({"A": [1.0, np.nan, np.nan]}, index=ix),
-                            cfg.model_copy(update={"funding": False}), funding=rates)
+                            BacktestConfig(cost=CostConfig(taker_fee=0, slippage=0, funding=False), initial_cash=1000.0),
+                            funding=rates)
     assert off.funding.sum() == 0.0
 
 
-def test_maker_fee_is_used_when_asked():
-    r = research_backtest(BARS, TARGETS, CFG.model_copy(update={"use_maker": True, "maker_fee": 0.0002}))
-    assert r.trades["fee"].iloc[0] == pytest.approx(5 * 100.1 * 0.0002)
+def test_the_backtest_charges_the_one_cost_model_the_trader_pays():
+    assert BacktestConfig().cost == TraderConfig().cost == CostConfig()
+    r = research_backtest(BARS, TARGETS, BacktestConfig(cost=CostConfig(taker_fee=0.0002, slippage=0.0005), initial_cash=1000.0))
+    assert r.trades["price"].iloc[0] == pytest.approx(100 * 1.0005)
+    assert r.trades["fee"].iloc[0] == pytest.approx(5 * 100 * 1.0005 * 0.0002)
+    with pytest.raises(ValueError, match=r"write \[cost\] taker_fee = 0.001 in a file, cost=CostConfig\(taker_fee=0.001\)"):
+        BacktestConfig(taker_fee=0.001)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        BacktestConfig(use_maker=True)
 
 
 def _random_case(seed, n=400, k=3):
@@ -89,26 +102,75 @@ def _random_case(seed, n=400, k=3):
     return bars, pd.DataFrame(w, index=ix, columns=list(bars))
 
 
+def _funding(bars, seed, scale=1e-3):
+    "Funding rates at every 8h settlement of the bars, for every symbol."
+    rng = np.random.default_rng(seed)
+    ix = next(iter(bars.values())).index
+    settle = ix[ix == ix.floor("8h")]
+    return {s: pd.Series(rng.normal(0, scale, len(settle)), index=settle) for s in bars}
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_vectorbt_agrees_with_the_plain_loop(seed):
     bars, targets = _random_case(seed)
     cfg = BacktestConfig()
     t, o, c = align(bars, targets)
-    plain = simulate(o, c, t, cfg)
-    pf = vbt_portfolio(o, c, t, cfg)
-    np.testing.assert_allclose(pf.value().to_numpy(), plain.equity.to_numpy(), rtol=1e-9)
+    rates = funding_matrix(_funding(bars, seed), t.index, list(t.columns))
+    plain = simulate(o, c, t, cfg, rates)
+    pf = vbt_portfolio(o, c, executed_units(plain.trades, t.index, list(t.columns)), cfg)
+    paid = funding_paid(pf.assets().to_numpy(), o, rates)
+    np.testing.assert_allclose(paid, plain.funding.to_numpy(), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(pf.value().to_numpy() - np.cumsum(paid), plain.equity.to_numpy(), rtol=TOLERANCE)
     assert pf.orders.count() == len(plain.trades)
-    r = research_backtest(bars, targets, cfg)
-    assert r.cross_check["max_rel_equity_diff"] < 1e-9
+    r = research_backtest(bars, targets, cfg, funding=_funding(bars, seed))
+    assert r.cross_check["passed"] and r.cross_check["max_rel_equity_diff"] <= TOLERANCE
+
+
+def test_cross_check_compares_the_reported_equity_with_funding_risk_cuts_breaker_and_leverage():
+    # Arrange: funding at every settlement, a breaker that probes for a day, a 40% position cap, and targets up to
+    # 150% gross (the loop lends, vectorbt cannot)
+    bars, targets = _random_case(7)
+    targets = targets * 1.9
+    breaker = pd.Series("CLOSED", index=targets.index)
+    breaker.iloc[100:106] = "HALF_OPEN"
+    # Act
+    r = research_backtest(bars, targets, BacktestConfig(), funding=_funding(bars, 7), breaker=breaker,
+                          risk=RiskConfig(max_position_fraction=0.4, gross_leverage=1.5))
+    check = r.cross_check
+    # Assert: vectorbt re-accounted the reported path itself, funding and cuts included
+    assert r.funding.abs().sum() > 0 and len(r.risk_cuts) > 0 and check["fills_under_limits"] > 0
+    assert (r.positions.abs().sum(axis=1) > 1.0).any()                      # leveraged at times
+    assert check["tolerance"] == TOLERANCE == CROSS_CHECK_TOLERANCE
+    assert check["passed"], check
+    assert check["max_rel_equity_diff"] <= TOLERANCE and check["max_weight_diff"] <= TOLERANCE
+    assert check["vbt_orders"] == check["plain_trades"] == len(r.trades)
+    assert check["funding_recomputed"] == pytest.approx(r.funding.sum(), rel=1e-9)
+
+
+def test_cross_check_fails_when_the_reported_path_charges_the_wrong_funding(monkeypatch):
+    # Arrange: the reported path charges every funding rate twice (a deliberate bug in its accounting)
+    bars, targets = _random_case(3)
+    funding = _funding(bars, 3)
+    right = simulate
+
+    def doubled(open_, close, targets, config, rates=None, *limits):
+        return right(open_, close, targets, config, None if rates is None else 2 * rates, *limits)
+
+    monkeypatch.setattr(accounting, "simulate", doubled)
+    # Act
+    r = research_backtest(bars, targets, BacktestConfig(), funding=funding)
+    # Assert: vectorbt prices the funding on its own holdings, so the reported equity no longer agrees with it
+    assert not r.cross_check["passed"]
+    assert r.cross_check["max_rel_equity_diff"] > 1e-6
 
 
 def test_buy_and_hold_is_the_asset_return_minus_entry_costs():
     bars, _ = _random_case(5, n=300, k=1)
-    cfg = BacktestConfig(funding=False)
+    cfg = BacktestConfig(cost=CostConfig(funding=False))
     t, o, c = align(bars, pd.DataFrame({"S0": 0.0}, index=bars["S0"].index))
     bh = simulate(o, c, buy_and_hold_targets(c), cfg)
     asset = c["S0"].iloc[-1] / o["S0"].iloc[1] - 1       # bought at the second bar's open
-    entry = (1 + cfg.slippage) * (1 + cfg.taker_fee) - 1
+    entry = (1 + cfg.cost.slippage) * (1 + cfg.cost.taker_fee) - 1
     assert bh.equity.iloc[-1] / cfg.initial_cash - 1 == pytest.approx(asset - entry, rel=1e-12)
     r = research_backtest(bars, t, cfg)
     assert r.benchmarks["buy_and_hold"]["total_return"] == pytest.approx(asset - entry, rel=1e-12)
@@ -190,7 +252,7 @@ def test_probe_cut_is_the_risk_engines_rule():
 def test_breaker_path_cuts_the_research_accounting():
     bars = {"A": pd.DataFrame({"open": [100.0] * 4, "close": [100.0] * 4}, index=IX[:4])}
     targets = pd.DataFrame({"A": [0.4, np.nan, 0.4, np.nan]}, index=IX[:4])
-    cfg = BacktestConfig(taker_fee=0.0, slippage=0.0, cross_check=False)
+    cfg = BacktestConfig(cost=CostConfig(taker_fee=0.0, slippage=0.0), cross_check=False)
     plain = research_backtest(bars, targets, cfg)
     assert plain.positions["A"].iloc[1] == pytest.approx(0.4)
     states = pd.Series(["HALF_OPEN", "CLOSED", "CLOSED", "CLOSED"], index=IX[:4])

@@ -95,3 +95,33 @@ def test_unknown_symbol_and_too_little_history_are_clear_errors(market):
         train_instrument(market, "XRPUSDT", config=QUICK)
     with pytest.raises(DataError, match=r"rows.*needs? .*1540|1540.*rows"):
         train_instrument(market, "SOLUSDT", until="2020-12-01", config=QUICK)
+
+
+def test_gated_full_predictions_do_not_depend_on_the_production_model(market):
+    # Arrange: a selected list, and a production model trained on a different list (one column in common)
+    cfg = QUICK.model_copy(update={"walk_forward": QUICK.walk_forward.model_copy(update={"n_windows": 6})})
+    selected = ("ret_1", "ret_6", "rsi_14", "sma_dist_50", "atr_14")
+    other = ("ret_24", "bb_width_20", "mfi_14", "rs_eth_42", "sma_dist_50")
+    production = train_instrument(market, "BTCUSDT", until="2025-02-01", config=cfg, features=other).model
+    # Act: the same training with and without that production model
+    alone = train_instrument(market, "BTCUSDT", until="2025-03-01", config=cfg, features=selected)
+    beside = train_instrument(market, "BTCUSDT", until="2025-03-01", production=production, config=cfg,
+                              features=selected)
+    # Assert: the transfer variants were tried on the production list, and the gated full predictions are the
+    # predictions of the full model that would be deployed (its list, its settings), whatever production holds
+    assert list(beside.variants.index) == ["full", "transfer_50", "transfer_100"]
+    pd.testing.assert_series_equal(beside.predictions["full"], alone.predictions["full"])
+    assert beside.variants.loc["full", "sharpe_net"] == alone.variants.loc["full", "sharpe_net"]
+    if beside.variant == "full":
+        assert beside.model.locked.features == selected
+    else:
+        assert beside.model.locked.features == other
+
+
+def test_the_returned_model_carries_its_variants_walk_forward_predictions(market):
+    cfg = QUICK.model_copy(update={"walk_forward": QUICK.walk_forward.model_copy(update={"n_windows": 4})})
+    result = train_instrument(market, "ETHUSDT", until="2025-03-01", config=cfg, features=("ret_1", "ret_6", "rsi_14"))
+    oos = result.model.out_of_sample
+    assert oos is not None and oos.index.equals(result.predictions.index)
+    np.testing.assert_array_equal(oos.to_numpy(), result.predictions[result.variant].to_numpy())
+    assert oos.index.max() < result.until

@@ -52,7 +52,8 @@ def _result(seed: int, strength: float = 1.0) -> TrainingResult:
     chosen, decisions, table, n_tests, reason = decide(preds, SMALL)
     until = x.index[-1] + pd.Timedelta("4h")
     chosen_preds = preds.rename(columns={chosen: "prediction"})[["window", "prediction", "label"]]
-    return TrainingResult(symbol=SYMBOL, until=until, model=fit_model(x, y, SYMBOL, until, SMALL.model), variant=chosen,
+    model = fit_model(x, y, SYMBOL, until, SMALL.model).with_out_of_sample(preds[chosen])   # as `train_instrument`
+    return TrainingResult(symbol=SYMBOL, until=until, model=model, variant=chosen,
                           decision=decisions[chosen], variants=table, windows=window_metrics(chosen_preds, SMALL.cost),
                           predictions=preds, splits=splits_table(walk_forward_splits(len(y), SMALL.walk_forward), y.index),
                           selection=None, n_tests=n_tests, reason=reason, timings={}, shuffled=False)
@@ -107,6 +108,10 @@ def deployment(tmp_path, empty_database, results) -> Deployment:
 def assert_same_model(loaded: LoadedModel, result: TrainingResult, frame: pd.DataFrame):
     assert loaded.model.model_id == result.model.model_id
     np.testing.assert_array_equal(loaded.model.predict(frame), result.model.predict(frame))
+    want = result.model.out_of_sample          # the walk-forward record the trader warms its signal state on
+    assert want is not None and len(want) > 100
+    assert loaded.model.out_of_sample.index.equals(want.index)
+    np.testing.assert_array_equal(loaded.model.out_of_sample.to_numpy(), want.to_numpy())
 
 
 def assert_served_by(loaded: LoadedModel, tier: int):

@@ -1,6 +1,7 @@
 """The weekly retrain through papermill: a run leaves its notebook, report and metrics; a failed run moves nothing."""
 import json
 
+import mlflow
 import pytest
 
 from test_models import planted_bars
@@ -44,7 +45,8 @@ def test_retrain_notebook_writes_report_and_metrics_then_a_failed_run_leaves_pro
     assert list(m["timings"]) == list(STEPS) and all(v >= 0 for v in m["timings"].values())
     assert all("seconds" in m["steps"][s] for s in STEPS)
     btc = m["symbols"]["BTCUSDT"]
-    assert set(btc["gates"]) == {"ic", "hit_rate", "sharpe", "p_value", "passed"}
+    assert set(btc["gates"]) == {"ic", "hit_rate", "sharpe", "deflated_sharpe", "p_value", "passed"}
+    assert (btc["trials"], btc["looks"]) == (1, 1)            # a first run: one variant at the first look
     assert isinstance(btc["passed"], bool) and btc["decision"] and btc["version"] == 1
     assert btc["promoted"] == btc["passed"]
     assert {"net", "gross", "turnover", "buy_and_hold"} <= set(m["backtest"])
@@ -122,3 +124,13 @@ def test_planted_signals_pass_corrected_for_two_instruments_and_are_promoted_and
         assert reg["promoted"] and reg["production_before"] is None and reg["production_after"] == reg["version"] == 1
         assert _deployed_version(tmp_path / "home", symbol) == 1
         assert _registry(tmp_path / "home").load(symbol).version == 1
+        assert (s["trials"], s["looks"]) == (1, 1) and "over 1 trial" in s["decision"]
+        version = _registry(tmp_path / "home").show(symbol)["versions"][0]
+        assert version["promoted_at"] is not None
+        reg_ = _registry(tmp_path / "home")
+        mv = mlflow.MlflowClient(reg_.tracking_uri, reg_.tracking_uri).get_model_version(reg_.model_name(symbol), "1")
+        assert (mv.tags["trials"], mv.tags["looks"]) == ("1", "1")   # the trials behind it, on the version
+    # the next retrain starts counting from these deployments: no earlier look to add
+    from trade_matrix.retrain.steps import looks_since_deployment
+    after = looks_since_deployment(_registry(tmp_path / "home"), "BTCUSDT")
+    assert after == {"looks": 0, "trials": 0, "since_version": 1}

@@ -1,4 +1,5 @@
-"""RL position sizer: reward arithmetic, no look-ahead, seeded determinism, save/load, MLflow, SAC and PPO.
+"""RL position sizer: reward arithmetic under the one cost model, funding, no look-ahead, seeded determinism,
+save/load, MLflow, SAC and PPO.
 
 Budgets are tiny (a thousand or two timesteps) so the module stays well under a minute on 2 cores; the notebook
 and `benchmarks/bench_rl.py` show what the default curriculum learns.
@@ -12,12 +13,15 @@ import pandas as pd
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from trade_matrix.backtest.accounting import funding_matrix
 from trade_matrix.core import DataError, ModelError
-from trade_matrix.research.rl import (TradingEnv, curriculum_frames, evaluate_policy, synthetic_signal_frame, train_policy, trading_pnl)
+from trade_matrix.research.rl import (FUNDING, TradingEnv, curriculum_frames, evaluate_policy, synthetic_signal_frame,
+                                      train_policy, trading_pnl)
 from trade_matrix.research.rl_evaluation import compare_with_kelly, load_logged_policy, log_policy
 from trade_matrix.strategy.policy import EnvSpec, PPOSettings, RLConfig, RLPolicy, SACSettings
 from trade_matrix.core import CostConfig
-from trade_matrix.models.validation import strategy_returns
+from trade_matrix.models.validation import next_bar_funding, strategy_returns
+from trade_matrix.trader.config import TraderConfig
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -58,20 +62,49 @@ def sac_policy(frame):
 
 def test_reward_arithmetic_by_hand():
     _, steps = rollout(hand_frame(), [1, 1, -1, 0, 0.5])
-    fee_spread = 0.00055 + 0.0002
-    expected = [0.01 - fee_spread - 0.0005, -0.02, -0.03 - 2 * fee_spread - 0.0005 * 2 ** 1.5, -fee_spread - 0.0005,
-                -0.005 - 0.5 * fee_spread - 0.0005 * 0.5 ** 1.5]
+    one_way = CostConfig().one_way                                    # fee + slippage per unit traded: 0.00075
+    expected = [0.01 - one_way, -0.02, -0.03 - 2 * one_way, -one_way, -0.005 - 0.5 * one_way]
     np.testing.assert_allclose([s[3]["net"] for s in steps], expected, rtol=0, atol=1e-12)
     np.testing.assert_allclose([s[0] for s in steps], np.array(expected) * 100, rtol=0, atol=1e-9)
-    np.testing.assert_allclose([s[3]["impact"] for s in steps], 0.0005 * np.array([1, 0, 2, 1, 0.5]) ** 1.5, atol=1e-15)
     assert steps[-1][1] and not any(s[1] for s in steps[:-1])          # the data ends: terminated
     assert math.isclose(steps[-1][3]["equity"], math.exp(sum(expected)), rel_tol=1e-12)
-    # the vectorised accounting is the same, and equals validation.strategy_returns without impact
+    # the vectorised accounting is the same, and equals the gates' validation.strategy_returns with the same costs
     np.testing.assert_allclose(trading_pnl(hand_frame(), [1, 1, -1, 0, 0.5])["net"], expected, atol=1e-12)
-    no_impact = trading_pnl(hand_frame(), [1, 1, -1, 0, 0.5], EnvSpec(impact=0.0))["net"].to_numpy()
-    ref = strategy_returns(np.array([1, 1, -1, 0, 0.5]), hand_frame()["ret"].to_numpy(),
-                           CostConfig(taker_fee=0.00055, slippage=0.0002))["net"].to_numpy()
-    np.testing.assert_allclose(no_impact, ref, atol=1e-15)
+    ref = strategy_returns(np.array([1, 1, -1, 0, 0.5]), hand_frame()["ret"].to_numpy(), CostConfig())["net"].to_numpy()
+    np.testing.assert_allclose(trading_pnl(hand_frame(), [1, 1, -1, 0, 0.5])["net"].to_numpy(), ref, atol=1e-15)
+    funded = hand_frame().assign(**{FUNDING: [0.0, 1e-4, 1e-4, 0.0, 2e-4]})       # and with funding, too
+    ref = strategy_returns(np.array([1, 1, -1, 0, 0.5]), funded["ret"].to_numpy(), CostConfig(), funding=funded[FUNDING].to_numpy())
+    np.testing.assert_allclose(trading_pnl(funded, [1, 1, -1, 0, 0.5])["net"].to_numpy(), ref["net"].to_numpy(), atol=1e-15)
+
+
+def test_a_unit_trade_costs_the_one_way_of_the_one_cost_model():
+    assert EnvSpec().cost == TraderConfig().cost == CostConfig()
+    pnl = trading_pnl(hand_frame(returns=(0.0, 0.0)), [1.0, 1.0])
+    assert pnl["costs"].tolist() == [CostConfig().one_way, 0.0]       # no impact or spread of its own
+    cheap = EnvSpec(cost=CostConfig(taker_fee=0.0001, slippage=0.0))
+    assert trading_pnl(hand_frame(returns=(0.0,)), [-1.0], cheap)["costs"].iloc[0] == pytest.approx(0.0001, rel=1e-12)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        EnvSpec(impact=0.0005)
+
+
+def test_funding_is_charged_on_the_position_held_as_the_backtest_charges_it():
+    # Arrange: 8h settlements on 4h rows, the rate lands where the research backtest lands it (two opens later)
+    frame = synthetic_signal_frame(60, seed=2).drop(columns=FUNDING)
+    settle = frame.index[frame.index == frame.index.floor("8h")]
+    rates = pd.Series(np.random.default_rng(0).normal(0, 1e-3, len(settle)), index=settle)
+    with_rates = frame.assign(**{FUNDING: next_bar_funding(rates, frame.index)})
+    on_bars = funding_matrix({"A": rates}, frame.index, ["A"])[:, 0]      # where the research backtest charges them
+    np.testing.assert_allclose(with_rates[FUNDING].to_numpy()[:-2], np.nan_to_num(on_bars[2:]), atol=1e-15)
+    positions = np.sign(frame["signal"].to_numpy())
+    # Act
+    pnl = trading_pnl(with_rates, positions)
+    _, steps = rollout(with_rates, positions)
+    # Assert: longs pay a positive rate, shorts receive it; the environment and the vectorised accounting agree
+    np.testing.assert_allclose(pnl["funding"], positions * with_rates[FUNDING], atol=1e-15)
+    np.testing.assert_allclose([s[3]["funding"] for s in steps], pnl["funding"], atol=1e-15)
+    np.testing.assert_allclose(pnl["net"], pnl["gross"] - pnl["fee"] - pnl["slippage"] - pnl["funding"], atol=1e-15)
+    off = EnvSpec(cost=CostConfig(funding=False))
+    assert (trading_pnl(with_rates, positions, off)["funding"] == 0).all()
 
 
 def test_cost_multiplier_drawdown_penalty_and_caps():
@@ -79,7 +112,7 @@ def test_cost_multiplier_drawdown_penalty_and_caps():
     env.reset(options={"segment": 0, "start": 0})
     info = [env.step(np.array([1.0], dtype=np.float32))[4] for _ in range(3)]
     assert [i["position"] for i in info] == [0.5, 1.0, 1.0]
-    assert math.isclose(info[0]["costs"], 2 * (0.5 * 0.00075 + 0.0005 * 0.5 ** 1.5), rel_tol=1e-12)
+    assert math.isclose(info[0]["costs"], 2 * 0.5 * CostConfig().one_way, rel_tol=1e-12)   # funding is never scaled
     assert info[0]["penalty"] == 0.0 and info[1]["penalty"] > 0 and info[2]["penalty"] == 0.0
     long_only = TradingEnv(hand_frame(), EnvSpec(long_only=True), seed=0)
     assert (long_only.action_space.low[0], long_only.action_space.high[0]) == (0.0, 1.0)
@@ -191,7 +224,7 @@ def test_mlflow_round_trip(tmp_path, sac_policy, frame):
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["config.algorithm"] == "SAC" and run.data.params["env.taker_fee"] == "0.00055"
+    assert run.data.params["config.algorithm"] == "SAC" and run.data.params["env.cost.taker_fee"] == "0.00055"
     assert math.isclose(run.data.metrics["oos_sharpe_net"], oos["sharpe_net"], rel_tol=1e-9)
     history = client.get_metric_history(run_id, "curve.holdout_sharpe_net")
     assert [m.step for m in history] == list(sac_policy.curve["timesteps"])

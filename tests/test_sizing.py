@@ -114,9 +114,10 @@ FAILING = dict(signal=2.0, confidence=0.9, ic=-0.15, sigma=0.02, skill=0.04, reg
      (0.0, 0.0, 0.0, True, True)),
     ("failing IC in BLENDED: the RL half only", KellyConfig(failing_ic=0.04), Fixed(0.8),
      {"ic": 0.035, "confidence": 0.4}, (0.0, 0.4, 0.4, True, True)),
-    ("IC exactly at the threshold is not failing", KellyConfig(), None, {"ic": 0.0},
+    # an edge lasting 3 bars: the gain pays the round trip of fee and slippage (one bar's would not)
+    ("IC exactly at the threshold is not failing", KellyConfig(), None, {"ic": 0.0, "horizon": 3.0},
      (1.0, 1.0, 1.0, True, False)),
-    ("healthy IC: Kelly at the cap", KellyConfig(), None, {"ic": 0.08}, (1.0, 1.0, 1.0, True, False)),
+    ("healthy IC: Kelly at the cap", KellyConfig(), None, {"ic": 0.08, "horizon": 3.0}, (1.0, 1.0, 1.0, True, False)),
     ("healthy IC, held position: at target", KellyConfig(), None, {"ic": 0.08, "position": 1.0},
      (1.0, 1.0, 1.0, False, False)),
 ])

@@ -384,9 +384,10 @@ MAKER_FEE = Decimal("0.0002")    # ... maker (a bar-close strategy crosses the s
 SLIPPAGE = Decimal("0.0002")     # half-spread plus impact per side, fraction of the price
 
 class CostConfig(_Strict):
-    "Trading costs and the position rule used to turn predictions into PnL."
+    "The one cost model (fee, slippage, funding, no-trade band) of gates, RL, backtests, replay and the trader."
     taker_fee: float = Field(float(TAKER_FEE), ge=0)   # Bybit taker, per side, fraction of notional
-    slippage: float = Field(0.0, ge=0)           # per side, fraction of notional (the gates charge the fee only)
+    slippage: float = Field(float(SLIPPAGE), ge=0)     # per side, fraction of the price (half-spread plus impact)
+    funding: bool = True                         # charge the funding settled on the positions held through it
     band: float | None = Field(None, ge=0)       # no-trade band on |prediction| (a predicted log return); None = round trip
     long_only: bool = False                      # below -band go flat instead of short
     bars_per_year: float = Field(2190.0, gt=0)   # 6 bars a day x 365

@@ -14,35 +14,29 @@ import pandas as pd
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pydantic import Field
-from ..core import (ConfigError, DataError, InstrumentSpec, iso, MAKER_FEE, Regime, SizingTier, SLIPPAGE,
-                               _Strict, TAKER_FEE, utc)
+from pydantic import Field, model_validator
+from ..core import ConfigError, CostConfig, DataError, InstrumentSpec, iso, Regime, SizingTier, _Strict, utc
 from ..models.validation import annualised_sharpe, information_coefficient
 from ..risk.engine import per_symbol, PortfolioState, ProposedOrder, RiskConfig, RiskEngine
+from ..trader.config import _refuse_moved_costs
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['BacktestConfig', 'align', 'hold_unchanged', 'funding_matrix', 'settlement_bars', 'RiskLimits', 'ProbeLimits',
-           'probe_limits', 'Simulation', 'simulate', 'compute_metrics', 'vbt_portfolio', 'buy_and_hold_targets',
-           'momentum_targets', 'check_out_of_sample', 'BacktestResult', 'research_backtest', 'window_ic']
+__all__ = ['CROSS_CHECK_TOLERANCE', 'BacktestConfig', 'align', 'hold_unchanged', 'funding_matrix', 'settlement_bars',
+           'RiskLimits', 'ProbeLimits', 'probe_limits', 'Simulation', 'simulate', 'compute_metrics', 'executed_units',
+           'vbt_portfolio', 'funding_paid', 'buy_and_hold_targets', 'momentum_targets', 'check_out_of_sample',
+           'BacktestResult', 'research_backtest']
 
 # %% ../../nbs/80_backtest_accounting.ipynb #01f48cad
 class BacktestConfig(_Strict):
-    "Costs, funding and capital of a research backtest."
-    taker_fee: float = Field(float(TAKER_FEE), ge=0)      # per side, fraction of notional (Bybit taker)
-    maker_fee: float = Field(float(MAKER_FEE), ge=0)       # per side, fraction of notional (Bybit maker)
-    use_maker: bool = False                      # charge the maker fee (passive fills) instead of the taker fee
-    slippage: float = Field(float(SLIPPAGE), ge=0)        # fraction of price per side (half-spread + impact)
-    funding: bool = True                         # charge perpetual funding on positions held at settlements
+    "Costs, capital and checks of a research backtest."
+    cost: CostConfig = CostConfig()              # the one cost model: taker fee and slippage per side, funding
     initial_cash: float = Field(100_000.0, gt=0)
     bars_per_year: float = Field(2190.0, gt=0)   # 6 four-hour bars a day x 365
-    cross_check: bool = True                     # also run vectorbt and record its agreement with the plain loop
+    cross_check: bool = True                     # re-account the reported path with vectorbt and record the agreement
 
-    @property
-    def fee(self) -> float:
-        "The fee rate actually charged per side."
-        return self.maker_fee if self.use_maker else self.taker_fee
+    _costs_moved = model_validator(mode="before")(_refuse_moved_costs)
 
 def _times(index, what: str) -> pd.DatetimeIndex:
     if not isinstance(index, pd.DatetimeIndex):
@@ -218,7 +212,7 @@ def _accounting_loop(OPEN: list, CLOSE: list, TARGET: list,   # flat bar-major l
                      R: list | None, settle: list, PROBE: list | None,   # funding rates (None: none), settlement bars, probe shares
                      n: int, k: int, config: BacktestConfig, limits: ProbeLimits | None, risk: RiskLimits | None) -> tuple:
     "The bar loop of `simulate`: funding, then the trades at each open, the weights held and the equity at the close."
-    fee, slip, charge = config.fee, config.slippage, R is not None
+    fee, slip, charge = config.cost.taker_fee, config.cost.slippage, R is not None
     q, cash, cols = [0.0] * k, float(config.initial_cash), range(k)
     equity, fees, slipc, fund, turn = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
     held, fund_sym, missing = [0.0] * (n * k), [0.0] * (n * k), [0] * k
@@ -226,7 +220,7 @@ def _accounting_loop(OPEN: list, CLOSE: list, TARGET: list,   # flat bar-major l
     for j in range(n):
         b = j * k                                 # offset of bar j in the flat lists
         if j:
-            if config.funding:
+            if config.cost.funding:
                 for s in cols:
                     if q[s] != 0.0:
                         r = R[b + s] if charge else math.nan
@@ -283,7 +277,7 @@ def _simulation_result(open_: pd.DataFrame, config: BacktestConfig,
     "The `Simulation` of the loop's lists: returns, gross returns, the trade records and the frames per bar."
     index, syms = open_.index, list(open_.columns)
     n, k = open_.shape
-    fee, slip = config.fee, config.slippage
+    fee, slip = config.cost.taker_fee, config.cost.slippage
     tj, ts, tt, tdq, tpx = fills
     equity, fees, slipc, fund, turn = (np.asarray(a) for a in (equity, fees, slipc, fund, turn))
     prev = np.concatenate([[config.initial_cash], equity[:-1]])
@@ -315,7 +309,7 @@ def simulate(open_: pd.DataFrame,            # bar opens (execution prices befor
     # flat lists of floats: no per-row containers, so the loop allocates nothing the garbage collector tracks
     OPEN, CLOSE = open_.to_numpy().ravel().tolist(), close.to_numpy().ravel().tolist()
     TARGET = targets.to_numpy(dtype="float64").ravel().tolist()
-    charge = config.funding and rates is not None
+    charge = config.cost.funding and rates is not None
     R = np.asarray(rates, dtype="float64").ravel().tolist() if charge else None
     settle = settlement_bars(open_.index).tolist()
     PROBE = limits.share.tolist() if limits is not None else None
@@ -382,16 +376,39 @@ def compute_metrics(sim: Simulation,
     return m
 
 # %% ../../nbs/80_backtest_accounting.ipynb #353c3842
-def vbt_portfolio(open_: pd.DataFrame, close: pd.DataFrame, targets: pd.DataFrame,
-                  config: BacktestConfig = BacktestConfig()):
-    "vectorbt `Portfolio` of the targets executed at the next open (no funding)."
+CROSS_CHECK_TOLERANCE = 1e-9   # vectorbt vs the reported path: relative equity difference and weight difference, any bar
+
+def executed_units(trades: pd.DataFrame,        # fills of a `Simulation` (`time`, `symbol`, `units`)
+                   index: pd.DatetimeIndex, symbols: list[str]) -> pd.DataFrame:
+    "Units traded per (bar, symbol), NaN where nothing was filled."
+    out = np.full((len(index), len(symbols)), np.nan)
+    out[index.get_indexer(trades["time"]), pd.Index(symbols).get_indexer(trades["symbol"])] = trades["units"].to_numpy()
+    return pd.DataFrame(out, index=index, columns=symbols)
+
+def vbt_portfolio(open_: pd.DataFrame, close: pd.DataFrame,
+                  units: pd.DataFrame,              # units traded per (bar, symbol) at its open, NaN none (`executed_units`)
+                  config: BacktestConfig = BacktestConfig(),
+                  extra_cash: float = 0.0,          # cash beyond `initial_cash`, so that vectorbt never runs short
+                  ):
+    "vectorbt `Portfolio` of the given fills at the opens with the backtest's fee and slippage (no funding)."
     import vectorbt as vbt
     freq = pd.Timedelta(open_.index[1] - open_.index[0]) if len(open_) > 1 else None
     naive = open_.index.tz_localize(None)   # vectorbt converts tz-aware indexes Timestamp by Timestamp (slow); UTC implied
-    open_, close, size = (f.set_axis(naive) for f in (open_, close, targets.shift(1)))
-    return vbt.Portfolio.from_orders(close=close, size=size, size_type="targetpercent", price=open_,
-                                     fees=config.fee, slippage=config.slippage, init_cash=config.initial_cash,
-                                     cash_sharing=True, group_by=True, call_seq="auto", freq=freq)
+    open_, close, size = (f.set_axis(naive) for f in (open_, close, units))
+    return vbt.Portfolio.from_orders(close=close, size=size, size_type="amount", price=open_,
+                                     fees=config.cost.taker_fee, slippage=config.cost.slippage,
+                                     init_cash=config.initial_cash + extra_cash, cash_sharing=True, group_by=True,
+                                     call_seq="auto", freq=freq)
+
+def funding_paid(held: np.ndarray,             # units held after each bar's trades, bars x symbols
+                 open_: pd.DataFrame,          # bar opens, the settlement marks
+                 rates: np.ndarray | None,     # `funding_matrix` (None: no funding)
+                 ) -> np.ndarray:
+    "Funding paid per bar: the units held into the bar (before its trades) x its open x the rate landing on it."
+    if rates is None:
+        return np.zeros(len(open_))
+    before = np.vstack([np.zeros((1, held.shape[1])), held[:-1]])
+    return np.nansum(before * open_.to_numpy() * rates, axis=1)
 
 # %% ../../nbs/80_backtest_accounting.ipynb #d0c6504e
 def buy_and_hold_targets(close: pd.DataFrame) -> pd.DataFrame:
@@ -437,7 +454,7 @@ class BacktestResult:
     config: BacktestConfig
     benchmark_equity: dict = field(default_factory=dict)   # name -> equity Series
     cross_check: dict = field(default_factory=dict)        # vectorbt agreement
-    portfolio: object = None                               # the vectorbt Portfolio (no funding)
+    portfolio: object = None                               # vectorbt's Portfolio of the reported fills (funding outside it)
     timings: dict = field(default_factory=dict)            # seconds per step
     predictions: pd.DataFrame | None = None                # the model's predictions per (bar, symbol), if given
     labels: pd.DataFrame | None = None                     # the realised next-bar returns they are scored on
@@ -487,21 +504,44 @@ def _benchmarks(open_: pd.DataFrame, close: pd.DataFrame, config: BacktestConfig
         bench[name], bench_eq[name] = compute_metrics(b, config), b.equity
     return bench, bench_eq
 
-def _cross_check(open_: pd.DataFrame, close: pd.DataFrame, targets: pd.DataFrame, config: BacktestConfig,
-                 sim: Simulation,                  # the plain loop's result
+def _cut_fills(trades: pd.DataFrame, index: pd.DatetimeIndex, limits: ProbeLimits | None, rules: RiskLimits | None) -> np.ndarray:
+    "Per fill: whether a limit may have cut it (decided while the breaker was not CLOSED, or cut by the risk engine)."
+    decided = index.get_indexer(trades["decided_at"])
+    cut = limits.share[decided] < 1.0 if limits is not None else np.zeros(len(trades), dtype=bool)
+    if rules is not None and rules.cuts:
+        by_risk = {(index[j], sym) for j, sym, *_ in rules.cuts}
+        cut |= np.array([(d, sym) in by_risk for d, sym in zip(trades["decided_at"], trades["symbol"])], dtype=bool)
+    return cut
+
+def _cross_check(open_: pd.DataFrame, close: pd.DataFrame, config: BacktestConfig,
+                 sim: Simulation,                  # the reported path
                  rates: np.ndarray | None, limits: ProbeLimits | None, rules: RiskLimits | None,
                  ) -> tuple[dict, object]:
-    "vectorbt's portfolio of the targets and its agreement with the plain loop without funding or cuts: (check, portfolio)."
-    portfolio = vbt_portfolio(open_, close, targets, config)
-    plain = ((rates is None or not np.isfinite(rates).any()) and (limits is None or (limits.share == 1).all())
-             and (rules is None or not rules.cuts))
-    ref = sim if plain else simulate(open_, close, targets, config, None)    # vectorbt: the targets without funding or cuts
-    v = portfolio.value().to_numpy()
-    rel = np.abs(v / ref.equity.to_numpy() - 1)
-    check = {"max_rel_equity_diff": float(rel.max()), "final_rel_diff": float(rel[-1]),
-             "vbt_orders": int(portfolio.orders.count()), "plain_trades": int(len(ref.trades)),
-             "funding_excluded": True, "breaker_cuts_excluded": limits is not None,
-             "risk_cuts_excluded": bool(rules is not None and rules.cuts)}
+    "vectorbt's accounting of the reported fills, funding priced on its holdings, against the reported path: (check, portfolio)."
+    index, syms, tr = open_.index, list(open_.columns), sim.trades
+    spent = np.cumsum(np.bincount(index.get_indexer(tr["time"]), tr["units"] * tr["price"] + tr["fee"], len(index)))
+    extra = max(0.0, float(spent.max()) - config.initial_cash) + config.initial_cash   # what the loop borrows, and a margin
+    portfolio = vbt_portfolio(open_, close, executed_units(tr, index, syms), config, extra)
+    held, opens = portfolio.assets().to_numpy(), open_.to_numpy()
+    paid = np.cumsum(funding_paid(held, open_, rates if config.cost.funding else None))
+    equity = portfolio.value().to_numpy() - extra - paid
+    rel = np.abs(equity / sim.equity.to_numpy() - 1)
+    # the weight right after each fill, on vectorbt's books: pre-trade equity at the open, after that open's funding
+    cash = np.concatenate([[config.initial_cash + extra], portfolio.cash().to_numpy()[:-1]]) - extra - paid
+    before = np.vstack([np.zeros((1, len(syms))), held[:-1]])
+    pre = cash + (before * opens).sum(axis=1)
+    j, s = index.get_indexer(tr["time"]), pd.Index(syms).get_indexer(tr["symbol"])
+    cut = _cut_fills(tr, index, limits, rules)
+    weight_diff = np.abs(held[j, s] * opens[j, s] / pre[j] - tr["target"].to_numpy())[~cut]
+    check = {"compared": "the reported equity at every bar, and each uncut fill's weight with its target",
+             "tolerance": CROSS_CHECK_TOLERANCE, "max_rel_equity_diff": float(rel.max()),
+             "worst_bar": iso(index[int(rel.argmax())]), "final_rel_diff": float(rel[-1]),
+             "max_weight_diff": float(weight_diff.max()) if len(weight_diff) else 0.0,
+             "fills_checked_against_targets": int(len(weight_diff)), "fills_under_limits": int(cut.sum()),
+             "vbt_orders": int(portfolio.orders.count()), "plain_trades": int(len(tr)),
+             "funding_recomputed": float(paid[-1]), "extra_cash": extra}
+    check["passed"] = bool(check["max_rel_equity_diff"] <= CROSS_CHECK_TOLERANCE and check["vbt_orders"] == len(tr)
+                           and check["max_weight_diff"] <= CROSS_CHECK_TOLERANCE)
     return check, portfolio
 
 # %% ../../nbs/80_backtest_accounting.ipynb #a9f1dbb3
@@ -526,7 +566,7 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
         check_out_of_sample(trained_until, t.index[0])
     tiers, regimes = _side(tiers, t.index, t.columns, "tiers"), _side(regimes, t.index, t.columns, "regimes")
     predictions, labels = _side(predictions, t.index, t.columns, "predictions"), _side(labels, t.index, t.columns, "labels")
-    rates = funding_matrix(funding, t.index, list(t.columns)) if config.funding else None
+    rates = funding_matrix(funding, t.index, list(t.columns)) if config.cost.funding else None
     limits, rules = _research_limits(t.index, list(t.columns), breaker, risk, breaker_config, covariance)
     tm["align"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -541,8 +581,10 @@ def research_backtest(bars: dict[str, pd.DataFrame],      # symbol -> OHLCV bars
     check, portfolio = {}, None
     if config.cross_check:
         t0 = time.perf_counter()
-        check, portfolio = _cross_check(o, c, t, config, sim, rates, limits, rules)
+        check, portfolio = _cross_check(o, c, config, sim, rates, limits, rules)
         tm["vectorbt"] = time.perf_counter() - t0
+        if not check["passed"]:
+            _log.error("the vectorbt cross-check of the reported path failed: %s", check)
     return BacktestResult(sim.equity, sim.returns, sim.gross_returns, sim.positions, sim.trades,
                           sim.fees + sim.slippage, sim.funding, sim.turnover, metrics, bench, t, tiers, regimes, config,
                           bench_eq, check, portfolio, tm, predictions, labels, _cuts_frame(rules, t.index))
@@ -554,17 +596,3 @@ def _cuts_frame(rules: RiskLimits | None, index: pd.DatetimeIndex) -> pd.DataFra
         return None
     cols = ["decided_at", "symbol", "requested", "approved", "reasons"]
     return pd.DataFrame([(index[j], sym, a, b, why) for j, sym, a, b, why in rules.cuts], columns=cols)
-
-def window_ic(predictions: pd.DataFrame,   # predictions per (bar, symbol)
-              labels: pd.DataFrame,        # realised next-bar returns, same shape
-              every: str = "7D",           # window length (a week of 4h bars by default)
-              ) -> pd.DataFrame:
-    "Spearman IC of the predictions pooled across symbols in consecutive windows: `ic`, `p_value`, `n` per window."
-    p, y = predictions.align(labels, join="inner")
-    rows = []
-    for start, grp in p.groupby(p.index.floor(every)):
-        yy = y.loc[grp.index]
-        ic, pv = information_coefficient(grp.to_numpy().reshape(-1), yy.to_numpy().reshape(-1))
-        rows.append({"window": start, "ic": ic, "p_value": pv,
-                     "n": int((np.isfinite(grp.to_numpy()) & np.isfinite(yy.to_numpy())).sum())})
-    return pd.DataFrame(rows).set_index("window") if rows else pd.DataFrame(columns=["ic", "p_value", "n"])

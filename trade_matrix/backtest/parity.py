@@ -51,7 +51,8 @@ def next_returns(md, symbols: list[str], index: pd.DatetimeIndex) -> pd.DataFram
     return pd.DataFrame(out, index=index)
 
 def _scheduled_predictions(schedule: ModelSchedule, symbol: str, feats: pd.DataFrame, start) -> pd.Series:
-    "Each row predicted by the model serving its bar, rows before `start` (the warm-up) by the one serving `start`."
+    """Each row predicted by the model serving its bar, rows before `start` (the warm-up) by the one serving `start`,
+    with the rows that model was fitted on replaced by its out-of-sample history (`TreeModel.honest_predictions`)."""
     at = np.maximum(feats.index.asi8, utc(start).value)
     k = np.maximum(np.searchsorted(schedule._ns, at, side="right") - 1, 0)
     out = pd.Series(np.nan, index=feats.index)
@@ -59,7 +60,7 @@ def _scheduled_predictions(schedule: ModelSchedule, symbol: str, feats: pd.DataF
         model = schedule.models[j].get(symbol)
         sel = k == j
         if model is not None:
-            out[sel] = model.predict(feats.loc[sel])
+            out[sel] = model.honest_predictions(feats.index[sel], model.predict(feats.loc[sel]))
     return out
 
 # %% ../../nbs/83_backtest_parity.ipynb #5e461e5d
@@ -96,7 +97,8 @@ def _regime_probabilities(s: str, bars: pd.DataFrame, idx: pd.DatetimeIndex, sch
 # %% ../../nbs/83_backtest_parity.ipynb #904bb060
 def _sized_targets(s: str, idx: pd.DatetimeIndex, st: pd.DataFrame, probs: pd.DataFrame,   # bars, their signals, regimes
                    schedule: ModelSchedule, config: TraderConfig, weights: pd.Series, regime_models: Mapping,
-                   breaker: pd.Series | None, policies: Mapping | None, drawdown: pd.Series | None) -> tuple:
+                   breaker: pd.Series | None, policies: Mapping | None, drawdown: pd.Series | None,
+                   intended: pd.Series | None = None) -> tuple:
     "A symbol's sizing bar by bar, as the live path: (targets, tiers, regimes) Series on the bars `idx`."
     sizer = Sizer(s, config.kelly, config.cascade, config.cost, (policies or {}).get(s))
     cap = per_symbol(config.risk.max_position_fraction, s)
@@ -117,6 +119,8 @@ def _sized_targets(s: str, idx: pd.DatetimeIndex, st: pd.DataFrame, probs: pd.Da
         d = sizer.decide(row.signal, row.confidence, row.ic, row.sigma, rp, skill=row.skill, horizon=row.horizon,
                          position=pos, drawdown=dd, breaker=state, time=t)
         pos = d.target
+        if intended is not None and t in intended.index and intended[t] == intended[t]:
+            pos = float(intended[t])            # risk denied or cut the order: the sizing holds what was approved
         out_t.append(max(-cap, min(cap, d.target * w)) if d.traded else np.nan)   # NaN: hold the units
         out_tier.append(d.tier.value)
         out_reg.append(d.regime)
@@ -131,6 +135,7 @@ def batch_targets(md, symbols: list[str], start, end,
                   breaker: pd.Series | None = None,                         # breaker state per bar (default CLOSED)
                   policies: Mapping[str, object] | None = None,             # symbol -> RL policy (use the replay's)
                   drawdown: pd.Series | None = None,                        # portfolio drawdown at each close (the replay's)
+                  intended: pd.DataFrame | None = None,                     # the replay's approved positions (`ReplayResult.intended`)
                   ) -> BatchTargets:
     "Target weights per bar computed with batch features and the same signal, sizing and allocation code."
     start, end = utc(start), utc(end)
@@ -150,7 +155,8 @@ def batch_targets(md, symbols: list[str], start, end,
         signals[s] = sig = _batch_signals(view, s, bars, schedule, start, warm, config)
         probs = _regime_probabilities(s, bars, idx, schedule, start, config, regime_models)
         targets[s], tiers[s], regimes[s] = _sized_targets(s, idx, sig.loc[idx], probs, schedule, config, weights,
-                                                          regime_models, breaker, policies, drawdown)
+                                                          regime_models, breaker, policies, drawdown,
+                                                          intended[s] if intended is not None and s in intended else None)
     frame = lambda d: pd.DataFrame(d)[list(symbols)].rename_axis("ts")
     return BatchTargets(frame(targets), frame(tiers), frame(regimes), signals)
 
@@ -178,8 +184,7 @@ def research_inputs(md, targets: pd.DataFrame, config: TraderConfig = TraderConf
     view = md.as_of(targets.index[-1] + step)
     bars = {s: view.bars(s) for s in targets.columns}
     funding = {s: view.funding(s) for s in targets.columns} if config.funding else None
-    cfg = BacktestConfig(taker_fee=float(config.taker_fee), slippage=float(config.slippage), funding=config.funding,
-                         initial_cash=float(config.initial_cash), cross_check=cross_check)
+    cfg = BacktestConfig(cost=config.cost, initial_cash=float(config.initial_cash), cross_check=cross_check)
     covariance = None
     if config.var_days is not None:   # the days the live path knows: its history window, before each close's day
         first = targets.index[0] - config.history_bars * config.interval
@@ -313,5 +318,6 @@ def research_parity(md, result: ReplayResult,
     "Batch targets on the replay's period (its models, regimes, weights and breaker states), the research backtest, the check."
     models = result.schedule if models is None else models
     bt = batch_targets(md, result.symbols, result.start, result.end, models, result.config, result.regime_models,
-                       result.weights, breaker=result.breaker, policies=result.policies, drawdown=result.drawdown)
+                       result.weights, breaker=result.breaker, policies=result.policies, drawdown=result.drawdown,
+                       intended=result.intended)
     return parity_check(result, bt, md=md, **tolerances), bt

@@ -125,6 +125,14 @@ class ReplayResult:
         return (e / prev - 1).rename("return")
 
     @property
+    def intended(self) -> pd.DataFrame:
+        "The position (fraction of each allocation) the sizing believed it held after each close: what risk approved."
+        d = self.decisions
+        if not len(d) or "intended" not in d:
+            return pd.DataFrame(index=self.equity.index, columns=self.symbols, dtype="float64")
+        return d.pivot(index="time", columns="symbol", values="intended").reindex(columns=self.symbols)
+
+    @property
     def drawdown(self) -> pd.Series:
         "Drawdown of the equity from its high-water mark (the initial cash included) at each close."
         peak = self.equity.cummax().clip(lower=float(self.config.initial_cash))
@@ -159,12 +167,15 @@ def open_bar(exchange: PaperExchange, time,
         fills += exchange.on_bar_open(s, time, to_decimal(float(p)))
     return fills
 
-def _bar_arrays(md, symbols, interval):
-    "Each symbol's bars on the union grid: (grid, {symbol: (present mask, o, h, l, c, v)})."
+def _bar_arrays(md, symbols, interval,
+                references=(),   # symbols fed on the same grid without being traded (the cross-asset references)
+                ):
+    "Each symbol's bars on the traded symbols' union grid: (grid, {symbol: (present mask, o, h, l, c, v)})."
     frames = {s: md.bars(s) for s in symbols}
     grid = frames[symbols[0]].index
     for s in symbols[1:]:
         grid = grid.union(frames[s].index)
+    frames |= {r: md.bars(r) for r in references if r not in frames and r in md.symbols}
     out = {}
     for s, f in frames.items():
         g = f.reindex(grid)
@@ -222,7 +233,7 @@ def _feed_bars(path: DecisionPath, ex: PaperExchange, clock: ManualClock, schedu
                 path.use_regimes(schedule.regimes[schedule.index(t)],
                                  {s: _known_closes(grid, arr[s], i) for s in path.filters})
         if trading:
-            open_bar(ex, t, {s: b[0] for s, b in bars.items()}, funding_at.get(t.value))
+            open_bar(ex, t, {s: bars[s][0] for s in symbols if s in bars}, funding_at.get(t.value))
             pos = ex.positions
             E_open = ex.equity()
             frac_rows.append([float(pos[s] * ex.marks[s] / E_open) if s in pos and E_open else 0.0 for s in symbols])
@@ -298,7 +309,7 @@ def replay(md,                                       # `MarketData` (only what i
     clock = ManualClock("2000-01-01T00:00:00Z")              # set to each close before the step decides
     path = DecisionPath(list(symbols), serving, config, weights, regime_models, venue=ex, clock=clock,
                         future_models=schedule.all_models(), policies=policies)
-    grid, arr = _bar_arrays(view, list(symbols), config.features.bar_interval)
+    grid, arr = _bar_arrays(view, list(symbols), config.features.bar_interval, path.references)
     grid = grid[grid + step <= end]
     events = _outside_events(view, list(symbols), config.features)
     funding_at = _funding_by_time(view, symbols, config)

@@ -12,12 +12,13 @@ import json
 import numpy as np
 import pandas as pd
 from pathlib import Path
-from .accounting import BacktestResult, window_ic
+from .accounting import BacktestResult
 from ..core import jsonable, Regime, REGIME_COLORS, SizingTier
+from ..models.validation import information_coefficient
 
 # %% auto #0
-__all__ = ['TIER_CODES', 'new_run_dir', 'plot_equity', 'plot_drawdown', 'plot_regime_labels', 'plot_positions_tiers',
-           'write_report']
+__all__ = ['TIER_CODES', 'new_run_dir', 'plot_equity', 'plot_drawdown', 'plot_regime_labels', 'plot_positions_tiers', 'window_ic',
+           'write_report', 'cross_check_note']
 
 # %% ../../nbs/81_backtest_report.ipynb #170ef661
 TIER_CODES = {t.value: i for i, t in enumerate(SizingTier)}
@@ -118,7 +119,22 @@ def _png(fig, path: Path) -> str:
     plt.close(fig)
     return base64.b64encode(path.read_bytes()).decode()
 
-# %% ../../nbs/81_backtest_report.ipynb #06dcc766
+# %% ../../nbs/81_backtest_report.ipynb #baa43d63
+def window_ic(predictions: pd.DataFrame,   # predictions per (bar, symbol)
+              labels: pd.DataFrame,        # realised next-bar returns, same shape
+              every: str = "7D",           # window length (a week of 4h bars by default)
+              ) -> pd.DataFrame:
+    "Spearman IC of the predictions pooled across symbols in consecutive windows: `ic`, `p_value`, `n` per window."
+    p, y = predictions.align(labels, join="inner")
+    rows = []
+    for start, grp in p.groupby(p.index.floor(every)):
+        yy = y.loc[grp.index]
+        ic, pv = information_coefficient(grp.to_numpy().reshape(-1), yy.to_numpy().reshape(-1))
+        rows.append({"window": start, "ic": ic, "p_value": pv,
+                     "n": int((np.isfinite(grp.to_numpy()) & np.isfinite(yy.to_numpy())).sum())})
+    return pd.DataFrame(rows).set_index("window") if rows else pd.DataFrame(columns=["ic", "p_value", "n"])
+
+# %% ../../nbs/81_backtest_report.ipynb #7f302887
 def write_report(result: BacktestResult,
                  run_dir: str | Path,                  # e.g. `new_run_dir()`
                  windows: pd.DataFrame | None = None,  # per-window metrics with an `ic` column (`validation.window_metrics`)
@@ -147,8 +163,7 @@ def write_report(result: BacktestResult,
     if result.metrics.get("funding_missing"):
         notes.append(f"No funding rate at settlements with a position held (charged nothing): {result.metrics['funding_missing']}.")
     if result.cross_check:
-        notes.append(f"vectorbt cross-check (funding excluded): max relative equity difference "
-                     f"{result.cross_check['max_rel_equity_diff']:.2e}.")
+        notes.append(cross_check_note(result.cross_check))
     imgs = "\n".join(f'<h3>{n.replace("_", " ")}</h3><img src="data:image/png;base64,{b}" alt="{n}">' for n, b in images.items())
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} table{{border-collapse:collapse}}
@@ -159,3 +174,12 @@ td,th{{padding:2px 10px;text-align:right}} tr:nth-child(even){{background:#f4f4f
     path = run_dir / "report.html"
     path.write_text(html)
     return path
+
+# %% ../../nbs/81_backtest_report.ipynb #2bf7fcbd
+def cross_check_note(check: dict) -> str:
+    "One line for the report: what vectorbt compared, the largest differences and the tolerance, passed or FAILED."
+    verdict = "passed" if check.get("passed") else "FAILED"
+    return (f"vectorbt cross-check {verdict}: {check['compared']}, re-accounted by vectorbt from the reported fills "
+            f"(after the risk limits) with funding priced on its own holdings; max relative equity difference "
+            f"{check['max_rel_equity_diff']:.1e}, max weight difference {check['max_weight_diff']:.1e} "
+            f"({check['fills_checked_against_targets']} fills), tolerance {check['tolerance']:.0e}.")

@@ -20,7 +20,8 @@ from ..models.training import train_instrument
 from ..trader.config import TraderConfig
 
 # %% auto #0
-__all__ = ['research_side', 'parity_document', 'scheduled_models', 'BacktestRun', 'backtest_run', 'backtest_document']
+__all__ = ['research_side', 'parity_document', 'scheduled_models', 'BacktestRun', 'backtest_run', 'served_models',
+           'backtest_document']
 
 # %% ../../nbs/85_backtest_run.ipynb #b301a35b
 def research_side(md,                           # `MarketData` the replay ran on
@@ -59,7 +60,8 @@ def scheduled_models(md, symbols: list[str], start, end,
     def week_done(w, rows):
         done.append(w)
         progress(f"weekly retraining: week of {iso(w)} done ({len(done)}), "
-                 f"{sum(x['deployed'] for x in rows)}/{len(rows)} passed and deployed")
+                 f"{sum(x['passed'] for x in rows)}/{len(rows)} passed their gates, {sum(x['deployed'] for x in rows)} served"
+                 + "".join(f"; {x['symbol']} served after {x['trials']} trials" for x in rows if x['deployed']))
 
     return weekly_schedule(md, symbols, start, end, initial, train_config, weekly,
                            progress=week_done if weekly.every else None)
@@ -84,7 +86,7 @@ def _initial_models(md, symbols, cut, ignore_gates, progress) -> tuple[dict, dic
         initial[sym] = r
         deploy = r.passed or ignore_gates
         training[sym] = {"passed": r.passed, "deployed": deploy, "variant": r.variant, "reason": r.reason,
-                         "gates": r.decision.to_dict(), "model_id": r.model.model_id}
+                         "gates": r.decision.to_dict(), "model_id": r.model.model_id, "trials": r.trials}
         progress(f"{sym}: gates {'passed' if r.passed else 'failed'}; {'deployed' if deploy else 'stays flat'}")
     return initial, training
 
@@ -137,6 +139,15 @@ _METRICS = ("sharpe", "sharpe_gross", "max_drawdown", "total_return", "total_ret
             "calmar", "hit_rate", "annual_turnover", "cost_drag", "funding_paid", "exposure", "n_trades", "ic",
             "ic_p_value", "bars", "start", "end")
 
+def served_models(log: pd.DataFrame | None) -> list[dict]:
+    "Every model the schedule served (the cut-off's and each weekly update's): when, which, gates passed, and its trials."
+    if log is None or not len(log):
+        return []
+    cols = [c for c in ("time", "symbol", "model_id", "passed", "trials", "looks", "deflated_sharpe") if c in log]
+    rows = log.loc[log["deployed"].astype(bool), cols]
+    return [{k: (iso(v) if k == "time" else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in rows.to_dict(orient="records")]
+
 def backtest_document(run: BacktestRun) -> dict:
     "The run as plain JSON: metrics, benchmarks, shares, parity, training and timings."
     m, research, result = run.research.metrics, run.research, run.result
@@ -147,6 +158,7 @@ def backtest_document(run: BacktestRun) -> dict:
     doc.update(tier_share=m.get("tier_share"), regime_share=m.get("regime_share"),
                replay_total_return=float(result.equity.iloc[-1] / float(result.config.initial_cash) - 1),
                parity=parity_document(run.parity), training=run.training,
+               served_models=served_models(run.result.schedule.log if run.result.schedule is not None else None),
                timings={k: round(v, 2) for k, v in run.timings.items()}, retrain=run.retrain,
                decisions_per_s=result.timings.get("decisions_per_s"))
     return doc

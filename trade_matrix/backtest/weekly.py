@@ -31,18 +31,19 @@ class WeeklyConfig(_Strict):
     regime: RegimeConfig = RegimeConfig()                # how (the replay's `TraderConfig.regime` by default)
 
 def _log_row(w, s: str, r, deployed: bool, seconds: float, instruments: int | None = None) -> dict:
-    "One line of the update log: when, which instrument, its gates, the tests corrected for, and whether it was served."
+    "One line of the update log: when, which instrument, its gates, the tests and trials behind it, whether served."
     return {"time": w, "symbol": s, "until": r.until, "variant": r.variant, "passed": r.passed, "deployed": deployed,
-            "ic": r.decision.ic, "sharpe": r.decision.sharpe, "model_id": r.model.model_id, "reason": r.reason,
-            "seconds": seconds, "instruments_tried": instruments, "n_tests": r.n_tests}
+            "ic": r.decision.ic, "sharpe": r.decision.sharpe, "deflated_sharpe": r.decision.deflated_sharpe,
+            "model_id": r.model.model_id, "reason": r.reason, "seconds": seconds, "instruments_tried": instruments,
+            "n_tests": r.n_tests, "trials": r.trials, "looks": r.looks}
 
 def _update_one(args):
     "Worker: one instrument's weekly update, and its seconds."
     from trade_matrix.models.training import train_instrument
-    md, symbol, w, production, config, features, other_tests = args
+    md, symbol, w, production, config, features, other_tests, (prior_trials, prior_looks) = args
     t = _time.perf_counter()
     r = train_instrument(md, symbol, until=w, production=production, config=config, features=features,
-                         other_tests=other_tests)
+                         other_tests=other_tests, prior_trials=prior_trials, prior_looks=prior_looks)
     return r, _time.perf_counter() - t
 
 # %% ../../nbs/84_backtest_weekly.ipynb #a52b1914
@@ -59,7 +60,7 @@ def weekly_schedule(md, symbols: list[str], start, end,
     light = base.model_copy(update={
         "walk_forward": base.walk_forward.model_copy(update={"n_windows": weekly.n_windows}),
         "model": base.model.model_copy(update={"transfer_trees": tuple(weekly.transfer_trees)})})
-    serving, features, rows = {}, {}, []
+    serving, features, rows, since = {}, {}, [], {}   # since: (trials, looks) since each one's last deployment
     for s in symbols:
         r = initial.get(s)
         if r is None:
@@ -71,6 +72,7 @@ def weekly_schedule(md, symbols: list[str], start, end,
                              f"backtest starts at {iso(start)}")
         serving[s] = r.model if (r.passed or weekly.ignore_gates) else None
         features[s] = tuple(r.model.locked.features)
+        since[s] = (0, 0) if serving[s] is not None else (r.trials, r.looks)
         rows.append(_log_row(start, s, r, serving[s] is not None, r.timings.get("total_s", float("nan"))))
     todo = [s for s in symbols if s in features]
 
@@ -80,13 +82,14 @@ def weekly_schedule(md, symbols: list[str], start, end,
     starts, models, regimes = [start], [dict(serving)], [fit(start)]
     weeks = pd.date_range(start, end, freq=weekly.every, inclusive="left")[1:] if weekly.every else []
     for w in weeks:
-        out = parallel_map(_update_one, [(md, s, w, serving[s], light, features[s], len(todo)) for s in todo],
-                           weekly.n_jobs)   # gates corrected for every instrument tried this week
+        jobs = [(md, s, w, serving[s], light, features[s], len(todo), since[s]) for s in todo]
+        out = parallel_map(_update_one, jobs, weekly.n_jobs)   # corrected for the week's instruments and the looks
         week = []
         for s, (r, sec) in zip(todo, out):
             deploy = r.passed or weekly.ignore_gates
             if deploy:
                 serving[s] = r.model
+            since[s] = (0, 0) if deploy else (r.trials, r.looks)
             week.append(_log_row(w, s, r, deploy, sec, len(todo)))
         rows += week
         starts.append(w)

@@ -69,6 +69,9 @@ def backtest_cmd(start: From, end: To = None,
         return
     out.print(research.table().round(4).to_string())
     out.print(f"parity {'PASSED' if parity.passed else 'FAILED'}: {parity}")
+    served = doc["served_models"]
+    out.print(f"models served: {len(served)} ({sum(bool(x['passed']) for x in served)} passed their gates); trials behind each: "
+              + ", ".join(f"{x['symbol']} {x['time'][:10]} {x['trials']}" for x in served))
     weekly = f", weekly retraining {timings['weekly_training_s']:.1f}s" if "weekly_training_s" in timings else ""
     out.print(f"training {timings['training_s']:.1f}s{weekly}, replay {timings['replay_s']:.1f}s "
               f"({result.timings['decisions_per_s']:,.0f} decisions/s), research {timings['research_s']:.1f}s")
@@ -245,12 +248,14 @@ def _demo_research(s, md, syms: list[str], t0: pd.Timestamp, t1: pd.Timestamp, i
 def _demo_summary(t0: pd.Timestamp, t1: pd.Timestamp, syms: list[str], initial: dict, schedule, result, parity,
                   research, seconds: dict) -> dict:
     "The content of `demo.json`."
-    from trade_matrix.backtest.run import parity_document
+    from trade_matrix.backtest.run import parity_document, served_models
     log = schedule.log
     upd = log[log["time"] > t0]
     return {"cutoff": iso(t0), "end": iso(t1), "symbols": syms,
             "deployed_at_cutoff": {x: bool(r.passed) for x, r in initial.items()},
             "weekly_updates": int(len(upd)), "weekly_deployed": int(upd["deployed"].sum()) if len(upd) else 0,
+            "served_models": served_models(log),        # every deployment, with the trials behind it
+            "trials_at_end": {x: int(g["trials"].iloc[-1]) for x, g in log.groupby("symbol")} if "trials" in log else {},
             "replay": result.summary(), "parity": parity_document(parity),
             "metrics": {k: research.metrics.get(k) for k in ("total_return", "total_return_gross", "sharpe",
                                                               "sharpe_gross", "max_drawdown", "annual_turnover",
@@ -265,6 +270,9 @@ def _print_demo(summary: dict, research, result, parity, report: Path, run: Path
     tiers = result.decisions["tier"].value_counts().to_dict()
     out.print(f"models deployed at the cut-off: {summary['deployed_at_cutoff']}; weekly updates "
               f"{summary['weekly_deployed']}/{summary['weekly_updates']} passed their gates and were deployed")
+    served = "; ".join(f"{x['symbol']} from {x['time']} after {x['trials']} trials" for x in summary["served_models"])
+    out.print(f"models served: {served or 'none'}; trials since each symbol's last deployment at the end: "
+              f"{summary['trials_at_end']}")
     out.print(f"decisions by tier: {tiers}; fills {len(result.fills)}; fees {result.fees:.2f} USDT; "
               f"parity with the research backtest {'PASSED' if parity.passed else 'FAILED: ' + str(parity.first_divergence)}")
     out.print(f"seconds: {summary['seconds']}")

@@ -116,6 +116,7 @@ def train_cmd(symbol: Symbol,
     "Train one instrument: selection, purged walk-forward, gates, registry; deploy when the gates pass."
     from trade_matrix.models.training import TrainConfig, load_train_config, train_instrument
     from trade_matrix.models.tree import ModelConfig
+    from trade_matrix.retrain.steps import looks_since_deployment
     s = _settings(data_dir)
     t0 = time.perf_counter()
     config = (load_train_config(train_config, {"model": {"seed": seed}}) if train_config is not None
@@ -125,7 +126,9 @@ def train_cmd(symbol: Symbol,
     production, before = _current_production(reg, symbol)
     with err.status(f"training {symbol} ({'transfer + full' if production is not None else 'full fit'}, "
                     f"{config.walk_forward.n_windows} walk-forward windows)"):
-        result = train_instrument(md, symbol, until, production, config, shuffle_labels=shuffle_labels)
+        earlier = looks_since_deployment(reg, symbol)     # every look since the last deployment counts as a trial
+        result = train_instrument(md, symbol, until, production, config, shuffle_labels=shuffle_labels,
+                                  prior_trials=earlier["trials"], prior_looks=earlier["looks"])
     with err.status("recording the run in the registry"):
         rv = reg.log_training(result)
         promoted = result.deployable
@@ -144,7 +147,8 @@ def train_cmd(symbol: Symbol,
               + (" [placebo: shuffled labels]" if shuffle_labels else ""))
     out.print(f"  gates {'PASSED' if d.passed else 'FAILED'}: IC {d.ic:.4f}, hit rate {d.hit_rate:.3f}, "
               f"Sharpe net {d.sharpe:.2f} (gross {d.sharpe_gross:.2f}, turnover {d.turnover:.3f}/bar), "
-              f"p {d.p_value_corrected:.3g} corrected for {result.n_tests} tests (raw {d.p_value:.3g})")
+              f"p {d.p_value_corrected:.3g} corrected for {result.n_tests} tests (raw {d.p_value:.3g}), "
+              f"deflated Sharpe {d.deflated_sharpe:.3f} over {result.trials} trials ({result.looks} looks since the last deployment)")
     out.print(f"  {result.reason}")
     out.print("  before: " + (f"version {before['version']} served by tier {before['tier']} ({before['tier_name']})"
                                if before.get("loaded") else f"no production model ({before.get('reason', '')[:120]})"))

@@ -142,7 +142,8 @@ def log_training(self: ModelRegistry,
     metrics = [Metric(k, v, now, step) for k, v, step in _training_metrics(result)]
     tags = {"symbol": result.symbol, "passed": str(result.passed).lower(), "variant": result.variant,
             "model_id": model.model_id, "features_sha256": model.locked.checksum, "until": iso(result.until),
-            "shuffled": str(result.shuffled).lower(), "reason": result.reason[:5000]}  # MLflow run tags: 8000 max
+            "shuffled": str(result.shuffled).lower(), "reason": result.reason[:5000],  # MLflow run tags: 8000 max
+            "trials": str(result.trials), "looks": str(result.looks)}
     with tempfile.TemporaryDirectory(prefix="tm-log-") as tmp:
         folder = _training_artifacts(result, Path(tmp) / "artifacts", plots)
         code = Path(tmp) / "tree_model_pyfunc.py"

@@ -28,7 +28,8 @@ CHAMPION_ALIAS = "champion"      # the latest non-placebo version whose gates pa
 MODEL_FILES = "model_files"      # the run artifact folder holding the `save_model` directory
 TIER_NAMES = {1: "registry alias", 2: "run id", 3: "artifact store", 4: "local files"}
 _HISTORY_TAG = "production_history"
-_GATE_FIGURES = ("ic", "hit_rate", "sharpe_net", "sharpe_gross", "turnover", "p_value", "p_value_corrected")
+_GATE_FIGURES = ("ic", "hit_rate", "sharpe_net", "sharpe_gross", "turnover", "p_value", "p_value_corrected",
+                 "deflated_sharpe", "trials")
 _WINDOW_FIGURES = {"ic": "ic", "sharpe_net": "sharpe_net", "hit_rate": "hit_rate", "p_value": "ic_p_value",
                    "max_drawdown": "max_drawdown", "turnover": "turnover"}  # metric window_<key> <- windows.csv column
 
@@ -167,7 +168,8 @@ def _training_params(result: TrainingResult,
               "shuffled": result.shuffled, "n_tests": result.n_tests, "n_features": model.locked.count,
               "model_id": model.model_id, "features_sha256": model.locked.checksum,
               "feature_set_version": model.locked.feature_set_version, "n_trees": model.n_trees,
-              "frozen_trees": model.frozen_trees, "n_windows": len(result.windows), "passed": result.passed}
+              "frozen_trees": model.frozen_trees, "n_windows": len(result.windows), "passed": result.passed,
+              "trials": getattr(result, "trials", 1), "looks": getattr(result, "looks", 1)}
     params |= _flat("model", model.config.model_dump(mode="json"))
     config = config if config is not None else getattr(result, "config", None)
     if config is not None:
@@ -190,7 +192,7 @@ def _training_metrics(result: TrainingResult) -> list[tuple[str, float, int]]:
     d = result.decision
     pooled = {"ic": d.ic, "hit_rate": d.hit_rate, "sharpe_net": d.sharpe, "sharpe_gross": d.sharpe_gross,
               "turnover": d.turnover, "p_value": d.p_value, "p_value_corrected": d.p_value_corrected,
-              "passed": float(d.passed)}
+              "deflated_sharpe": d.deflated_sharpe, "trials": float(d.trials), "passed": float(d.passed)}
     out = [(k, v, 0) for k, v in pooled.items()]
     for variant, row in result.variants.iterrows():
         out += [(f"{variant}_{k}", row.get(k), 0) for k in ("ic", "sharpe_net", "p_value_corrected")]

@@ -1,6 +1,6 @@
 """A model is allowed into production only as the output of a procedure that was itself tested out of
 sample: features chosen before the test windows, trees fitted only on the past of each window, figures
-net of fees, and a p-value that knows how many variants were tried.
+net of fees, slippage and funding, and gates that know how many variants and weekly looks were tried.
 
 Docs: https://trade-matrix.github.io/trade_matrix/models_training.html.md"""
 
@@ -19,12 +19,12 @@ from ..core import CostConfig, DataError, iso, ModelError, parse_interval, _Stri
 from ..data.market import MarketData
 from .selection import boruta, feature_set_version, SelectionConfig, SelectionResult
 from .tree import fit_model, ModelConfig, _predict, transfer, TreeModel
-from .validation import (gate, GateConfig, GateDecision, pooled_metrics, splits_table,
-                                            walk_forward_splits, WalkForwardConfig, window_metrics)
+from .validation import (gate, GateConfig, GateDecision, next_bar_funding, pooled_metrics,
+                                            splits_table, walk_forward_splits, WalkForwardConfig, window_metrics)
 
 # %% auto #0
-__all__ = ['TrainConfig', 'TrainingResult', 'load_train_config', 'walk_forward_variants', 'decide', 'train_instrument',
-           'plot_variants', 'plot_importances']
+__all__ = ['TrainConfig', 'TrainingResult', 'load_train_config', 'walk_forward_variants', 'decide', 'gate_looks',
+           'train_instrument', 'plot_variants', 'plot_importances']
 
 # %% ../../nbs/32a_models_training.ipynb #93db1963
 class TrainConfig(_Strict):
@@ -46,7 +46,7 @@ class TrainingResult:
     decision: GateDecision               # the chosen variant's gates
     variants: pd.DataFrame               # one row per variant: pooled figures, gates, passed
     windows: pd.DataFrame                # the chosen variant's per-window figures
-    predictions: pd.DataFrame            # out-of-sample: window, label, 1-bar returns and one column per variant
+    predictions: pd.DataFrame            # out-of-sample: window, label, 1-bar returns, funding, one column per variant
     splits: pd.DataFrame                 # the walk-forward windows (times)
     selection: SelectionResult | None    # Boruta's evidence (None when the feature list was given)
     n_tests: int                         # variants tried here x other_tests (the instruments of the run)
@@ -54,6 +54,8 @@ class TrainingResult:
     timings: dict = field(default_factory=dict)
     shuffled: bool = False               # a placebo run (labels permuted)
     config: TrainConfig | None = None    # the settings of the run (logged as parameters)
+    trials: int = 1                      # variants tried at the weekly looks since the last deployment, this one's too
+    looks: int = 1                       # weekly looks since the last deployment, this one included
 
     @property
     def passed(self) -> bool: return self.decision.passed
@@ -66,7 +68,8 @@ class TrainingResult:
     def summary(self) -> dict:
         "The JSON-ready record of the decision."
         return {"symbol": self.symbol, "until": iso(self.until), "variant": self.variant, "model_id": self.model.model_id,
-                "passed": self.passed, "reason": self.reason, "n_tests": self.n_tests, "shuffled": self.shuffled,
+                "passed": self.passed, "reason": self.reason, "n_tests": self.n_tests, "trials": self.trials,
+                "looks": self.looks, "shuffled": self.shuffled,
                 "features": list(self.model.locked.features), "gates": self.decision.to_dict(),
                 "variants": json.loads(self.variants.to_json(orient="index")),
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}}
@@ -84,22 +87,32 @@ def load_train_config(path: str | Path,            # a TOML file with TrainConfi
     return validated(TrainConfig, raw, str(path), "training config")
 
 # %% ../../nbs/32a_models_training.ipynb #f325a2f4
-def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full variant's locked columns
+def walk_forward_variants(features: pd.DataFrame,     # labelled rows: every column any variant reads
                           label: pd.Series,            # aligned label
                           symbol: str,
                           config: TrainConfig = TrainConfig(),
                           transfer_features: tuple[str, ...] | None = None,  # the production list (None: no transfer variants)
                           transfer_base_config: ModelConfig | None = None,   # the production model's settings
                           returns: pd.Series | None = None,  # 1-bar log returns for PnL (needed when the horizon > 1)
+                          funding: pd.Series | None = None,  # funding rate each row's position pays (None: not charged)
+                          full_features: tuple[str, ...] | None = None,  # the full variant's list (None: every column)
                           ) -> tuple[pd.DataFrame, list]:
     "Out-of-sample predictions of the full-retrain and transfer variants over purged walk-forward windows."
+    full = list(full_features) if full_features is not None else list(features.columns)
+    for name, cols in (("full", full), ("transfer", list(transfer_features or ()))):
+        if missing := [c for c in cols if c not in features.columns]:
+            raise ModelError(f"{symbol}: the {name} variant's features {missing} are not in the frame")
     splits = walk_forward_splits(len(label), config.walk_forward)
     idx = label.index
     out = pd.DataFrame({"window": -1, "label": label.to_numpy()}, index=idx)
     if returns is not None:
         out["returns"] = returns.reindex(idx).to_numpy()
+    if funding is not None:
+        out["funding"] = funding.reindex(idx).fillna(0.0).to_numpy()
     test_rows = np.concatenate([s.test for s in splits])
     out = out.iloc[test_rows].copy()
+    xf = features.loc[:, full]
+    tx = features.loc[:, list(transfer_features)] if transfer_features else None
     full_pred = np.full(len(label), np.nan)
     grid = config.model.transfer_trees
     tl_pred = {n: np.full(len(label), np.nan) for n in grid} if transfer_features else {}
@@ -109,12 +122,9 @@ def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full 
     for s in splits:
         out.loc[idx[s.test], "window"] = s.window
         tr = idx[s.train]
-        m = fit_model(features.loc[tr], label.loc[tr], symbol, idx[s.train[-1]], mcfg, model_id=f"wf-{s.window}")
-        full_pred[s.test] = m.predict(features.iloc[s.test])
-        if transfer_features:
-            tx = features.loc[:, list(transfer_features)] if set(transfer_features) <= set(features.columns) else None
-            if tx is None:
-                raise ModelError(f"{symbol}: the transfer features {list(transfer_features)} are not all in the frame")
+        m = fit_model(xf.loc[tr], label.loc[tr], symbol, idx[s.train[-1]], mcfg, model_id=f"wf-{s.window}")
+        full_pred[s.test] = m.predict(xf.iloc[s.test])
+        if tx is not None:
             if base is None:
                 base = fit_model(tx.loc[tr], label.loc[tr], symbol, idx[s.train[-1]], tcfg, model_id="wf-base")
             recent = tr[-tcfg.transfer_bars:]
@@ -130,26 +140,30 @@ def walk_forward_variants(features: pd.DataFrame,     # labelled rows, the full 
 
 # %% ../../nbs/32a_models_training.ipynb #b40bb62a
 def _as_predictions(predictions: pd.DataFrame, variant: str) -> pd.DataFrame:
-    "One variant's column as the `prediction` of a walk-forward frame (window, prediction, label[, returns])."
-    cols = ["window", "prediction", "label"] + (["returns"] if "returns" in predictions.columns else [])
+    "One variant's column as the `prediction` of a walk-forward frame (window, prediction, label[, returns, funding])."
+    cols = ["window", "prediction", "label"] + [c for c in ("returns", "funding") if c in predictions.columns]
     return predictions.rename(columns={variant: "prediction"})[cols]
 
 def decide(predictions: pd.DataFrame,   # from `walk_forward_variants`
            config: TrainConfig = TrainConfig(),
            other_tests: int = 1,         # instruments tried in the same run: the count of tests is multiplied by it
+           prior_trials: int = 0,        # variants tried at the earlier weekly looks since the last deployment
            ) -> tuple[str, dict[str, GateDecision], pd.DataFrame, int, str]:
     "Gate every variant on its pooled out-of-sample figures and choose: (variant, decisions, table, n_tests, reason)."
     names = [c for c in predictions.columns if c == "full" or c.startswith("transfer_")]
     n_tests = len(names) * max(1, int(other_tests))
+    trials = max(0, int(prior_trials)) + len(names)
     h = config.walk_forward.horizon
-    rows, decisions, metrics = {}, {}, {}
-    for v in names:
-        pm = pooled_metrics(_as_predictions(predictions, v), config.cost, h)
-        dec = gate(pm, config.gates, transfer=v != "full", n_tests=n_tests)
-        metrics[v], decisions[v] = pm, dec
+    metrics = {v: pooled_metrics(_as_predictions(predictions, v), config.cost, h) for v in names}
+    spread = float(np.var([m.sharpe_per_bar for m in metrics.values()], ddof=1)) if len(names) > 1 else None
+    rows, decisions = {}, {}
+    for v, pm in metrics.items():
+        dec = gate(pm, config.gates, transfer=v != "full", n_tests=n_tests, trials=trials, trial_variance=spread)
+        decisions[v] = dec
         rows[v] = {"ic": pm.ic, "p_value": pm.ic_p_value, "p_value_corrected": dec.p_value_corrected,
                    "hit_rate": pm.hit_rate, "sharpe_gross": pm.sharpe_gross, "sharpe_net": pm.sharpe_net,
-                   "turnover": pm.turnover, "max_drawdown": pm.max_drawdown, "total_return_net": pm.total_return_net,
+                   "deflated_sharpe": dec.deflated_sharpe, "turnover": pm.turnover, "funding_paid": pm.funding_paid,
+                   "max_drawdown": pm.max_drawdown, "total_return_net": pm.total_return_net,
                    "min_ic": config.gates.min_ic_transfer if v != "full" else config.gates.min_ic, "passed": dec.passed}
     table = pd.DataFrame.from_dict(rows, orient="index")
     transfers = [v for v in names if v != "full"]
@@ -174,8 +188,29 @@ def decide(predictions: pd.DataFrame,   # from `walk_forward_variants`
     times = max(1, int(other_tests))
     count = f"{n_tests} tests corrected for" + (f" ({len(names)} variant{'s' if len(names) > 1 else ''} x {times} instruments)"
                                                        if times > 1 else "")
-    reason = f"{verdict}. " + " | ".join(parts) + grid_note + f"; {count}"
+    looked = (f"; {trials} trials since the last deployment ({prior_trials} at earlier weekly looks)"
+              if prior_trials > 0 else f"; {trials} trial{'s' if trials > 1 else ''} at this look")
+    reason = f"{verdict}. " + " | ".join(parts) + grid_note + f"; {count}" + looked
     return chosen, decisions, table, n_tests, reason
+
+# %% ../../nbs/32a_models_training.ipynb #bde40b83
+def gate_looks(looks,                               # walk-forward frames of one instrument, one per weekly look
+               config: TrainConfig = TrainConfig(),
+               other_tests: int = 1,                # instruments tried at each look
+               until_deployed: bool = False,        # stop after the first look that passes
+               ) -> pd.DataFrame:
+    "`decide` at successive weekly looks, trials counted since the last deployment: one row per look."
+    rows, prior, since = [], 0, 0
+    for k, frame in enumerate(looks):
+        chosen, decisions, _, n_tests, _ = decide(frame, config, other_tests, prior_trials=prior)
+        d, since = decisions[chosen], since + 1
+        rows.append({"look": k, "variant": chosen, "passed": d.passed, "trials": d.trials, "looks": since,
+                     "n_tests": n_tests, "ic": d.ic, "sharpe": d.sharpe, "deflated_sharpe": d.deflated_sharpe})
+        prior, since = (0, 0) if d.passed else (d.trials, since)
+        if d.passed and until_deployed:
+            break
+    return pd.DataFrame(rows, columns=["look", "variant", "passed", "trials", "looks", "n_tests", "ic", "sharpe",
+                                       "deflated_sharpe"])
 
 # %% ../../nbs/32a_models_training.ipynb #d7879d27
 def _labelled(md: MarketData, symbol: str, config: TrainConfig, feature_config=None):
@@ -193,12 +228,12 @@ def _labelled(md: MarketData, symbol: str, config: TrainConfig, feature_config=N
 def _placebo_labels(label: pd.Series,    # the training label
                     returns: pd.Series,  # the 1-bar log returns of the same bars (for PnL)
                     seed: int,           # seeds the permutation (the model seed)
-                    ) -> tuple[pd.Series, pd.Series]:
-    "The label and the 1-bar returns, both permuted by one seeded permutation (index and names kept)."
+                    funding: pd.Series | None = None,  # the funding each row's position pays
+                    ) -> tuple[pd.Series, pd.Series, pd.Series | None]:
+    "The label, the 1-bar returns and the funding, all permuted by one seeded permutation (index and names kept)."
     perm = np.random.default_rng(seed).permutation(len(label))
-    label = pd.Series(label.to_numpy()[perm], index=label.index, name=label.name)
-    returns = pd.Series(returns.to_numpy()[perm], index=returns.index, name=returns.name)
-    return label, returns
+    shuffle = lambda s: None if s is None else pd.Series(s.to_numpy()[perm], index=s.index, name=s.name)
+    return shuffle(label), shuffle(returns), shuffle(funding)
 
 # %% ../../nbs/32a_models_training.ipynb #f7e62c15
 def _select_before_tests(features: pd.DataFrame,  # every feature of the labelled rows
@@ -259,6 +294,8 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
                      shuffle_labels: bool = False,         # placebo: permute the labels (seeded by the model seed)
                      other_tests: int = 1,                 # instruments tried in the same run (multiplies the tests corrected for)
                      feature_config=None,                  # a `trade_matrix.features.catalogue.FeatureConfig`
+                     prior_trials: int = 0,                # variants tried at earlier looks since the last deployment
+                     prior_looks: int = 0,                 # ... and how many looks that was
                      ) -> TrainingResult:
     "Select, walk forward, gate and fit the final model of one instrument on the data known at `until`."
     timings, t0 = {}, time.perf_counter()
@@ -266,8 +303,9 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
     until = utc(until) if until is not None else (md.known_by or md.bars(symbol, config.bar_interval).index[-1]
                                                    + parse_interval(config.bar_interval))
     x_all, y, r1 = _labelled(view, symbol, config, feature_config)
+    f1 = next_bar_funding(view.funding(symbol), y.index, config.bar_interval)   # 0 where no rate is known
     if shuffle_labels:
-        y, r1 = _placebo_labels(y, r1, config.model.seed)
+        y, r1, f1 = _placebo_labels(y, r1, config.model.seed, f1)
     timings["features_s"] = time.perf_counter() - t0
     splits = walk_forward_splits(len(y), config.walk_forward)
     selection = None
@@ -281,14 +319,17 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
     xw = x_all.loc[:, list(dict.fromkeys(list(features) + list(transfer_features or ())))]
     t = time.perf_counter()
     preds, _ = walk_forward_variants(xw, y, symbol, config, transfer_features,
-                                     production.config if production is not None else None, returns=r1)
-    preds = preds[["window", "label", "returns"] + [c for c in preds.columns if c == "full" or c.startswith("transfer_")]]
+                                     production.config if production is not None else None, returns=r1, funding=f1,
+                                     full_features=tuple(features))
+    variants = [c for c in preds.columns if c == "full" or c.startswith("transfer_")]
+    preds = preds[["window", "label", "returns", "funding"] + variants]
     timings["walk_forward_s"] = time.perf_counter() - t
-    chosen, decisions, table, n_tests, reason = decide(preds, config, other_tests)
+    chosen, decisions, table, n_tests, reason = decide(preds, config, other_tests, prior_trials)
     if why_no_transfer:
         reason += f"; transfer not tried: {why_no_transfer}"
     t = time.perf_counter()
     model = _final_model(chosen, x, x_all, y, symbol, until, config, production, feature_config)
+    model = model.with_out_of_sample(preds[chosen])   # what the trader may learn its skill from
     timings["final_fit_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     windows = window_metrics(_as_predictions(preds, chosen), config.cost, config.walk_forward.horizon)
@@ -296,16 +337,16 @@ def train_instrument(md: MarketData,                     # all the data (cut at 
                           variants=table, windows=windows, predictions=preds,
                           splits=splits_table(walk_forward_splits(len(y), config.walk_forward), y.index),
                           selection=selection, n_tests=n_tests, reason=reason, timings=timings, shuffled=shuffle_labels,
-                          config=config)
+                          config=config, trials=decisions[chosen].trials, looks=max(0, int(prior_looks)) + 1)
 
 # %% ../../nbs/32a_models_training.ipynb #efb9a2fd
 def plot_variants(result: TrainingResult,   # from `train_instrument`
-                  cost: CostConfig | None = None,
+                  cost: CostConfig | None = None,   # default: the run's own cost model
                   ):
     "Transfer variants against the full retrain: pooled IC, gross and net Sharpe, and net equity."
     import matplotlib.pyplot as plt
     from trade_matrix.models.validation import band_positions, strategy_returns
-    cost = cost or CostConfig()
+    cost = cost or (result.config.cost if result.config is not None else CostConfig())   # the cost the gates charged
     t = result.variants
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = ["#1565c0" if v == "full" else "#ef6c00" for v in t.index]
@@ -317,7 +358,7 @@ def plot_variants(result: TrainingResult,   # from `train_instrument`
     w = 0.4
     pos = np.arange(len(t))
     axes[1].bar(pos - w / 2, t["sharpe_gross"], w, label="gross", color="#90a4ae")
-    axes[1].bar(pos + w / 2, t["sharpe_net"], w, label="net of fees", color=colors)
+    axes[1].bar(pos + w / 2, t["sharpe_net"], w, label="net of costs", color=colors)
     axes[1].axhline(0.5, color="black", ls=":", lw=1)
     axes[1].set_xticks(pos, t.index)
     axes[1].set_title("Sharpe of the banded position")
@@ -325,7 +366,9 @@ def plot_variants(result: TrainingResult,   # from `train_instrument`
     for v in t.index:
         p = result.predictions[v].to_numpy()
         pnl = result.predictions["returns"] if "returns" in result.predictions else result.predictions["label"]
-        r = strategy_returns(band_positions(p, cost.no_trade_band, cost.long_only), pnl.to_numpy(), cost)
+        funding = result.predictions["funding"].to_numpy() if "funding" in result.predictions else None
+        r = strategy_returns(band_positions(p, cost.no_trade_band, cost.long_only), pnl.to_numpy(), cost,
+                             funding=funding)
         axes[2].plot(result.predictions.index, r["net"].cumsum(), label=v, lw=1.6 if v == result.variant else 0.9)
     axes[2].set_title("cumulative net log return")
     axes[2].legend(fontsize=7)

@@ -11,7 +11,8 @@ import copy
 import numpy as np
 import pandas as pd
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fastcore.basics import patch
 from pathlib import Path
 from pydantic import Field, field_validator
 from typing import Literal
@@ -20,8 +21,8 @@ from ..core import (DataError, iso, ModelError, parse_interval, read_folder_meta
 from .selection import feature_set_version, LockedFeatures
 
 # %% auto #0
-__all__ = ['MODEL_FORMAT', 'ModelConfig', 'recency_weights', 'TreeModel', 'fit_model', 'transfer', 'save_model', 'read_meta',
-           'load_model']
+__all__ = ['MODEL_FORMAT', 'OUT_OF_SAMPLE_FILE', 'ModelConfig', 'recency_weights', 'TreeModel', 'fit_model', 'transfer',
+           'save_model', 'read_meta', 'load_model']
 
 # %% ../../nbs/32_models_tree.ipynb #9f7b08f5
 class ModelConfig(_Strict):
@@ -107,6 +108,7 @@ class TreeModel:
     config: ModelConfig
     trained_until: str              # ISO-8601 UTC: the data of its latest fit was known by then
     lineage: tuple = ()             # dicts, one per fit: {"fit": "full"|"transfer", "trees", "rows", "until"}
+    out_of_sample: pd.Series | None = None  # its training run's walk-forward predictions (bar open time -> prediction)
 
     @property
     def model_id(self) -> str: return self.locked.model_id
@@ -222,9 +224,77 @@ def _interval_of(index: pd.DatetimeIndex) -> str:
     step = pd.Series(index[1:] - index[:-1]).mode().iloc[0]
     return f"{int(step / pd.Timedelta('1min'))}m"
 
+# %% ../../nbs/32_models_tree.ipynb #e85cacf8
+@patch(as_prop=True)
+def fitted_through(self: TreeModel) -> pd.Timestamp | None:
+    "Open time of the last bar any of its fits trained on (None: no lineage)."
+    last = [utc(f.get("last_bar") or f["until"]) for f in self.lineage]
+    return max(last) if last else None
+
+@patch
+def with_out_of_sample(self: TreeModel,
+                       predictions: pd.Series,  # walk-forward predictions by bar open time (UTC, increasing)
+                       ) -> TreeModel:
+    "The same model carrying its training run's out-of-sample predictions."
+    s = pd.Series(predictions, dtype="float64", name="prediction")
+    if not isinstance(s.index, pd.DatetimeIndex) or s.index.tz is None:
+        raise DataError(f"{self.model_id}: out-of-sample predictions need a UTC DatetimeIndex of bar open times")
+    if not s.index.is_monotonic_increasing or s.index.has_duplicates:
+        raise DataError(f"{self.model_id}: out-of-sample predictions must be by increasing, unique bar time")
+    if np.isinf(s.to_numpy()).any():
+        raise DataError(f"{self.model_id}: out-of-sample predictions contain infinite values")
+    return replace(self, out_of_sample=s)
+
+# %% ../../nbs/32_models_tree.ipynb #89050296
+@patch
+def honest_predictions(self: TreeModel,
+                       index: pd.DatetimeIndex,   # bar open times of the predictions
+                       predictions,               # this model's own predictions at those bars
+                       ) -> np.ndarray:
+    "Predictions fit to learn skill from: a bar it was fitted on gets its out-of-sample one (NaN: none), a later bar its own."
+    out = np.array(predictions, dtype="float64")
+    last = self.fitted_through
+    if last is None:
+        return out
+    inside = np.asarray(index <= last)
+    oos = self.out_of_sample
+    out[inside] = oos.reindex(index[inside]).to_numpy() if oos is not None else np.nan
+    return out
+
+@patch
+def honest_prediction(self: TreeModel, time: pd.Timestamp, prediction: float) -> float:
+    "`honest_predictions` of one bar (the trader's per-bar path)."
+    cache = self.__dict__.get("_honest")
+    if cache is None or cache[0] is not self.out_of_sample:
+        last = self.fitted_through
+        oos = self.out_of_sample
+        lookup = dict(zip(oos.index.as_unit("ns").asi8.tolist(), oos.to_numpy().tolist())) if oos is not None else {}
+        cache = self.__dict__["_honest"] = (oos, last.value if last is not None else None, lookup)
+    _, last_ns, lookup = cache
+    if last_ns is None or time.value > last_ns:
+        return prediction
+    return lookup.get(time.value, float("nan"))
+
 # %% ../../nbs/32_models_tree.ipynb #740e0a1a
 def _model_file(kind: str) -> str:
     return "model.ubj" if kind == "xgboost" else "model.joblib"
+
+OUT_OF_SAMPLE_FILE = "out_of_sample.csv"   # the training run's walk-forward predictions (absent: none)
+
+def _read_out_of_sample(path: Path, meta: dict) -> pd.Series | None:
+    "The hash-verified walk-forward predictions of a model directory (None when it has none)."
+    if OUT_OF_SAMPLE_FILE not in meta.get("files", {}):
+        return None
+    try:
+        frame = pd.read_csv(path / OUT_OF_SAMPLE_FILE, index_col="ts")
+        s = frame["prediction"].astype("float64")
+        s.index = pd.to_datetime(s.index, utc=True)
+    except Exception as e:
+        raise ModelError(f"model directory {path}: cannot read {OUT_OF_SAMPLE_FILE}: {type(e).__name__}: {e}") from None
+    if len(s) != meta.get("out_of_sample_rows"):
+        raise ModelError(f"model directory {path}: {OUT_OF_SAMPLE_FILE} holds {len(s)} rows, "
+                         f"meta.json says {meta.get('out_of_sample_rows')}")
+    return s
 
 def save_model(model: TreeModel,
                path: str | Path,   # the model directory to create (replaced if it exists)
@@ -239,12 +309,16 @@ def save_model(model: TreeModel,
             import joblib
             joblib.dump(model.estimator, tmp / name)
         model.locked.write(tmp / "locked_features.json")
+        if model.out_of_sample is not None:
+            model.out_of_sample.rename_axis("ts").to_csv(tmp / OUT_OF_SAMPLE_FILE, float_format="%.17g")
 
+    files = (name, "locked_features.json") + ((OUT_OF_SAMPLE_FILE,) if model.out_of_sample is not None else ())
     meta = {"format": MODEL_FORMAT, "symbol": model.symbol, "kind": model.kind, "model_id": model.model_id,
             "trained_until": model.trained_until, "n_trees": model.n_trees, "frozen_trees": model.frozen_trees,
             "features_sha256": model.locked.checksum, "lineage": list(model.lineage),
-            "config": model.config.model_dump(mode="json"), "created_at": iso(pd.Timestamp.now(tz="UTC"))}
-    return write_artifact_folder(path, write, meta, (name, "locked_features.json"))
+            "config": model.config.model_dump(mode="json"), "created_at": iso(pd.Timestamp.now(tz="UTC")),
+            "out_of_sample_rows": len(model.out_of_sample) if model.out_of_sample is not None else 0}
+    return write_artifact_folder(path, write, meta, files)
 
 def read_meta(path: str | Path) -> dict:
     "The verified-as-JSON `meta.json` of a model directory (no hash checks)."
@@ -257,7 +331,8 @@ def load_model(path: str | Path,                       # a directory written by 
     path = Path(path)
     meta = read_meta(path)
     name = _model_file(meta.get("kind", ""))
-    verify_folder_files(path, meta, (name, "locked_features.json"), "model directory")
+    extra = (OUT_OF_SAMPLE_FILE,) if OUT_OF_SAMPLE_FILE in meta.get("files", {}) else ()
+    verify_folder_files(path, meta, (name, "locked_features.json") + extra, "model directory")
     locked = LockedFeatures.read(path / "locked_features.json")
     if locked.checksum != meta.get("features_sha256"):
         raise ModelError(f"model directory {path}: locked features checksum {locked.checksum[:16]}... differs from "
@@ -279,7 +354,8 @@ def load_model(path: str | Path,                       # a directory written by 
             est = joblib.load(path / name)
     except Exception as e:  # a hash-verified file that still fails to parse: report, never half-load
         raise ModelError(f"model directory {path}: cannot load {name}: {type(e).__name__}: {e}") from None
-    model = TreeModel(meta["symbol"], locked, est, config, meta["trained_until"], tuple(meta.get("lineage", ())))
+    model = TreeModel(meta["symbol"], locked, est, config, meta["trained_until"], tuple(meta.get("lineage", ())),
+                      _read_out_of_sample(path, meta))
     if model.n_trees != meta.get("n_trees"):
         raise ModelError(f"model directory {path}: {name} holds {model.n_trees} trees, meta.json says {meta.get('n_trees')}")
     return model

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass
 from pydantic import Field, model_validator
 from scipy import stats
 from typing import Literal
-from ..core import ConfigError, CostConfig, DataError, ModelError, _Strict
+from ..core import ConfigError, CostConfig, DataError, ModelError, parse_interval, _Strict
 
 # %% auto #0
-__all__ = ['WalkForwardConfig', 'Split', 'walk_forward_splits', 'splits_table', 'walk_forward_predict', 'band_positions',
-           'strategy_returns', 'information_coefficient', 'Metrics', 'annualised_sharpe', 'evaluate', 'window_metrics',
-           'pooled_metrics', 'GateConfig', 'corrected_p_value', 'GateDecision', 'gate', 'plot_window_ic',
-           'plot_window_equity']
+__all__ = ['EULER_GAMMA', 'WalkForwardConfig', 'Split', 'walk_forward_splits', 'splits_table', 'walk_forward_predict',
+           'band_positions', 'strategy_returns', 'next_bar_funding', 'information_coefficient', 'Metrics',
+           'annualised_sharpe', 'evaluate', 'window_metrics', 'pooled_metrics', 'GateConfig', 'corrected_p_value',
+           'GateDecision', 'expected_max_sharpe', 'deflated_sharpe', 'gate', 'plot_window_ic', 'plot_window_equity']
 
 # %% ../../nbs/31_models_validation.ipynb #e3c84bb2
 class WalkForwardConfig(_Strict):
@@ -186,10 +186,11 @@ def band_positions(prediction: np.ndarray,   # predicted log return per bar, in 
 # %% ../../nbs/31_models_validation.ipynb #40ec1796
 def strategy_returns(position: np.ndarray,   # position held over each bar (decided at its open = previous close)
                      returns: np.ndarray,    # log return of each bar the position is held over (the 1-bar label)
-                     cost: CostConfig,       # fees and slippage per side
+                     cost: CostConfig,       # fees, slippage, and whether funding is charged
                      initial: float = 0.0,   # the position before the first bar
+                     funding: np.ndarray | None = None,  # funding rate settled over each bar; None: none
                      ) -> pd.DataFrame:
-    "Per-bar `position`, `gross`, `cost`, `net` (= gross - cost) and `turnover` (= |change of position|)."
+    "Per-bar `position`, `gross`, `cost` (fees, slippage), `funding`, `net` (= gross - cost - funding), `turnover`."
     pos = np.asarray(position, dtype="float64").reshape(-1)
     r = np.asarray(returns, dtype="float64").reshape(-1)
     if pos.shape != r.shape:
@@ -197,8 +198,32 @@ def strategy_returns(position: np.ndarray,   # position held over each bar (deci
     turnover = np.abs(np.diff(pos, prepend=float(initial)))
     gross = pos * np.where(np.isfinite(r), r, 0.0)
     fee = turnover * (cost.taker_fee + cost.slippage)
+    paid = np.zeros(len(pos))
+    if cost.funding and funding is not None:
+        f = np.asarray(funding, dtype="float64").reshape(-1)
+        if f.shape != pos.shape:
+            raise DataError(f"{len(pos)} positions but {len(f)} funding rates; they must be aligned bar by bar")
+        paid = pos * np.where(np.isfinite(f), f, 0.0)
     index = returns.index if isinstance(returns, pd.Series) else None
-    return pd.DataFrame({"position": pos, "gross": gross, "cost": fee, "net": gross - fee, "turnover": turnover}, index=index)
+    return pd.DataFrame({"position": pos, "gross": gross, "cost": fee, "funding": paid, "net": gross - fee - paid,
+                         "turnover": turnover}, index=index)
+
+# %% ../../nbs/31_models_validation.ipynb #a3bba308
+def next_bar_funding(funding,                  # rates by settlement time: a Series, or a frame with `funding_rate`
+                     index: pd.DatetimeIndex,  # bar open times of the rows (row t's position is held over bar t + 1)
+                     interval: str = "4h",     # the bar interval
+                     ) -> pd.Series:
+    "Per row, the funding rate its position pays: the settlements in (t + interval, t + 2 x interval], 0 where none."
+    rate = funding["funding_rate"] if isinstance(funding, pd.DataFrame) else pd.Series(funding, dtype="float64")
+    rate = rate.dropna().astype("float64").sort_index()
+    step = parse_interval(interval)
+    out = np.zeros(len(index))
+    if len(rate):
+        settled = np.concatenate([[0.0], np.cumsum(rate.to_numpy())])
+        lo = rate.index.searchsorted(index + step, side="right")
+        hi = rate.index.searchsorted(index + 2 * step, side="right")
+        out = settled[hi] - settled[lo]
+    return pd.Series(out, index=index, name="funding")
 
 # %% ../../nbs/31_models_validation.ipynb #e65a922c
 def information_coefficient(prediction: np.ndarray,  # predictions (NaN rows are dropped)
@@ -240,10 +265,15 @@ class Metrics:
     max_drawdown: float        # largest fall of exp(cumsum(net)) from its peak, a positive fraction
     total_return_gross: float  # exp(sum(gross)) - 1
     total_return_net: float    # exp(sum(net)) - 1
-    fee_drag: float            # sum of costs paid, log-return units
+    fee_drag: float            # sum of fees and slippage paid, log-return units
+    funding_paid: float        # sum of position x funding rate, log-return units (negative: received)
     exposure: float            # mean |position|
     long_share: float          # share of bars long
     short_share: float         # share of bars short
+    sharpe_per_bar: float      # net Sharpe per bar, not annualised (the SR of the deflated Sharpe ratio)
+    skew: float                # skewness of the per-bar net returns
+    kurtosis: float            # kurtosis of the per-bar net returns (3 for a normal)
+    bars: int                  # bars in the traded path (T)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,6 +283,14 @@ def annualised_sharpe(x: np.ndarray, bars_per_year: float) -> float:
         return 0.0
     sd = float(np.std(x, ddof=1))
     return 0.0 if not sd > 1e-15 else float(np.mean(x) / sd * math.sqrt(bars_per_year))
+
+def _moments(x: np.ndarray) -> tuple[float, float, float]:
+    "Per-bar Sharpe, skewness and kurtosis of `x`: (0, 0, 3) when it is constant or shorter than 2 bars."
+    sd = float(np.std(x, ddof=1)) if len(x) >= 2 else 0.0
+    if not sd > 1e-15:
+        return 0.0, 0.0, 3.0
+    z = (x - x.mean()) / np.std(x)
+    return float(np.mean(x) / sd), float(np.mean(z ** 3)), float(np.mean(z ** 4))
 
 def _max_drawdown(net: np.ndarray) -> float:
     equity = np.exp(np.concatenate([[0.0], np.cumsum(net)]))
@@ -266,12 +304,14 @@ def _metrics(prediction: np.ndarray, label: np.ndarray, pnl: pd.DataFrame, cost:
     hit = float(np.mean(np.sign(prediction[both]) == np.sign(label[both]))) if both.any() else float("nan")
     pos, gross, net, turn = (pnl[c].to_numpy() for c in ("position", "gross", "net", "turnover"))
     mean = lambda a: float(np.mean(a)) if len(a) else 0.0
+    sr, skew, kurtosis = _moments(net)
     return Metrics(n=int(ok.sum()), ic=ic, ic_p_value=p_value, hit_rate=hit,
                    sharpe_gross=annualised_sharpe(gross, cost.bars_per_year), sharpe_net=annualised_sharpe(net, cost.bars_per_year),
                    turnover=mean(turn), annual_turnover=mean(turn) * cost.bars_per_year,
                    max_drawdown=_max_drawdown(net), total_return_gross=float(math.expm1(gross.sum())),
                    total_return_net=float(math.expm1(net.sum())), fee_drag=float(pnl["cost"].sum()),
-                   exposure=mean(np.abs(pos)), long_share=mean(pos > 0), short_share=mean(pos < 0))
+                   funding_paid=float(pnl["funding"].sum()), exposure=mean(np.abs(pos)), long_share=mean(pos > 0),
+                   short_share=mean(pos < 0), sharpe_per_bar=sr, skew=skew, kurtosis=kurtosis, bars=len(net))
 
 # %% ../../nbs/31_models_validation.ipynb #2a7861f5
 def evaluate(prediction: np.ndarray,              # predicted log return per bar, in time order
@@ -280,6 +320,7 @@ def evaluate(prediction: np.ndarray,              # predicted log return per bar
              horizon: int = 1,                    # label horizon in bars (for the IC's effective sample size)
              returns: np.ndarray | None = None,   # 1-bar log returns for PnL; default the label (horizon 1 only)
              initial_position: float = 0.0,       # position before the first bar
+             funding: np.ndarray | None = None,   # funding rate each row's position pays (`next_bar_funding`)
              ) -> Metrics:
     "IC, hit rate and the net-of-cost trading figures of `prediction` traded with the no-trade band."
     p = np.asarray(prediction, dtype="float64").reshape(-1)
@@ -290,7 +331,7 @@ def evaluate(prediction: np.ndarray,              # predicted log return per bar
     if not (len(p) == len(y) == len(r)):
         raise DataError(f"prediction ({len(p)}), label ({len(y)}) and returns ({len(r)}) must have the same length")
     position = band_positions(p, cost.no_trade_band, cost.long_only, initial_position)
-    return _metrics(p, y, strategy_returns(position, r, cost, initial_position), cost, horizon)
+    return _metrics(p, y, strategy_returns(position, r, cost, initial_position, funding), cost, horizon)
 
 # %% ../../nbs/31_models_validation.ipynb #f4bed041
 def _pooled_path(predictions: pd.DataFrame, cost: CostConfig, horizon: int):
@@ -307,8 +348,9 @@ def _pooled_path(predictions: pd.DataFrame, cost: CostConfig, horizon: int):
         raise ConfigError(f"horizon {horizon}: add a 'returns' column of 1-bar returns to the predictions for PnL")
     else:
         r = y
+    f = predictions["funding"].to_numpy(dtype="float64") if "funding" in predictions.columns else None
     position = band_positions(p, cost.no_trade_band, cost.long_only)
-    return p, y, strategy_returns(position, pd.Series(r, index=predictions.index), cost)
+    return p, y, strategy_returns(position, pd.Series(r, index=predictions.index), cost, funding=f)
 
 def window_metrics(predictions: pd.DataFrame,        # from `walk_forward_predict`
                    cost: CostConfig = CostConfig(),  # fees, band, long-only, annualisation
@@ -340,6 +382,7 @@ class GateConfig(_Strict):
     min_ic_transfer: float = 0.05        # ... for a transfer-learning update (frozen trees plus new ones)
     min_hit_rate: float = 0.52           # directional hit rate at least this
     min_sharpe: float = 0.5              # annualised Sharpe net of costs, strictly greater
+    min_deflated_sharpe: float = Field(0.95, ge=0, lt=1)  # deflated Sharpe ratio (a probability) at least this; 0: off
     max_p_value: float = Field(0.15, gt=0, le=1)  # corrected one-sided IC p-value, strictly less
     correction: Literal["bonferroni", "none"] = "bonferroni"  # multiple-testing correction over n_tests
 
@@ -360,15 +403,17 @@ def corrected_p_value(p: float,                    # raw p-value
 class GateDecision:
     "Pass or fail, with every check's value and threshold and a sentence saying why."
     passed: bool
-    checks: dict               # name -> {"value", "threshold", "passed"}; names ic, hit_rate, sharpe, p_value
+    checks: dict               # name -> {"value", "threshold", "passed"} (`gate` lists the names)
     ic: float
     hit_rate: float
     sharpe: float              # net of costs
     sharpe_gross: float
+    deflated_sharpe: float     # probability that the net Sharpe beats the best of `trials` with no skill
     turnover: float
     p_value: float             # raw one-sided IC p-value
     p_value_corrected: float
     n_tests: int
+    trials: int                # strategies tried since the last deployment (the deflated Sharpe's N)
     transfer: bool
     reason: str
 
@@ -377,35 +422,78 @@ class GateDecision:
 
 def _describe(name: str, value: float, threshold: float, passed: bool) -> str:
     label, fmt, op_pass, op_fail = {"ic": ("IC", ".3f", ">=", "<"), "hit_rate": ("hit rate", ".3f", ">=", "<"),
-                                    "sharpe": ("Sharpe", ".2f", ">", "<="), "p_value": ("p", ".3g", "<", ">=")}[name]
+                                    "sharpe": ("Sharpe", ".2f", ">", "<="), "p_value": ("p", ".3g", "<", ">="),
+                                    "deflated_sharpe": ("deflated Sharpe", ".3f", ">=", "<")}[name]
     if not math.isfinite(value):
         return f"{label} not computable (nan), needs {op_pass} {threshold:{fmt}}"
     return f"{label} {value:{fmt}} {op_pass if passed else op_fail} {threshold:{fmt}}"
+
+# %% ../../nbs/31_models_validation.ipynb #836ea972
+EULER_GAMMA = 0.5772156649015329
+
+def expected_max_sharpe(trials: int,      # N: strategies tried
+                        variance: float,  # V: variance of their Sharpe ratios under no skill (per bar)
+                        ) -> float:
+    "SR0: the expected best Sharpe ratio of `trials` strategies with no skill (Bailey and López de Prado); 0 for one."
+    n = int(trials)
+    if n < 1:
+        raise ConfigError(f"trials must be at least 1, got {trials}")
+    if n == 1:
+        return 0.0
+    z = (1 - EULER_GAMMA) * stats.norm.ppf(1 - 1 / n) + EULER_GAMMA * stats.norm.ppf(1 - 1 / (n * math.e))
+    return math.sqrt(variance) * float(z)
+
+def deflated_sharpe(sharpe: float,      # SR: observed Sharpe ratio per bar (not annualised)
+                    bars: int,          # T: bars of returns behind it
+                    skew: float,        # skewness of the per-bar returns
+                    kurtosis: float,    # kurtosis of the per-bar returns (3 for a normal)
+                    trials: int = 1,    # N: strategies tried to find it
+                    trial_variance: float | None = None,  # variance of the trials' Sharpe ratios (None: not measured)
+                    ) -> float:
+    "Probability that the true Sharpe ratio beats SR0, the best of `trials` with no skill (NaN when not computable)."
+    if int(bars) < 2 or not all(math.isfinite(v) for v in (sharpe, skew, kurtosis)):
+        return float("nan")
+    spread = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe ** 2
+    if not spread > 0:
+        return float("nan")
+    variance = spread / (int(bars) - 1)
+    if trial_variance is not None and math.isfinite(trial_variance):
+        variance = max(variance, float(trial_variance))
+    sr0 = expected_max_sharpe(trials, variance)
+    return float(stats.norm.cdf((sharpe - sr0) * math.sqrt(int(bars) - 1) / math.sqrt(spread)))
 
 # %% ../../nbs/31_models_validation.ipynb #753bb9d2
 def gate(metrics: Metrics,                     # pooled out-of-sample metrics
          config: GateConfig = GateConfig(),    # thresholds
          transfer: bool = False,               # a transfer-learning update: the higher IC bar
          n_tests: int = 1,                     # candidates evaluated on the same windows (multiple testing)
+         trials: int = 1,                      # strategies tried since the last deployment: variants x weekly looks
+         trial_variance: float | None = None,  # variance of the trials' per-bar Sharpe ratios (None: not measured)
          ) -> GateDecision:
     "Decide whether `metrics` clear the gates; NaN fails its check."
+    if int(trials) < 1:
+        raise ConfigError(f"trials must be at least 1, got {trials}")
     p_corr = corrected_p_value(metrics.ic_p_value, n_tests, config.correction)
+    dsr = deflated_sharpe(metrics.sharpe_per_bar, metrics.bars, metrics.skew, metrics.kurtosis, trials, trial_variance)
     ge = lambda v, t: math.isfinite(v) and v >= t
     spec = {"ic": (metrics.ic, config.min_ic_transfer if transfer else config.min_ic, ge),
             "hit_rate": (metrics.hit_rate, config.min_hit_rate, ge),
             "sharpe": (metrics.sharpe_net, config.min_sharpe, lambda v, t: math.isfinite(v) and v > t),
+            "deflated_sharpe": (dsr, config.min_deflated_sharpe, lambda v, t: t <= 0 or ge(v, t)),
             "p_value": (p_corr, config.max_p_value, lambda v, t: math.isfinite(v) and v < t)}
     checks = {k: {"value": float(v), "threshold": float(t), "passed": bool(ok(v, t))} for k, (v, t, ok) in spec.items()}
     passed = all(c["passed"] for c in checks.values())
     shown = [k for k, c in checks.items() if passed or not c["passed"]]
     parts = [_describe(k, checks[k]["value"], checks[k]["threshold"], checks[k]["passed"]) for k in shown]
-    note = "" if config.correction == "none" or n_tests == 1 else f" (Bonferroni over {n_tests} tests, raw p {metrics.ic_p_value:.3g})"
-    if "p_value" in shown:
-        parts[shown.index("p_value")] += note
+    notes = {"deflated_sharpe": f" over {int(trials)} trial{'s' if int(trials) > 1 else ''}",
+             "p_value": "" if config.correction == "none" or n_tests == 1 else
+                        f" (Bonferroni over {n_tests} tests, raw p {metrics.ic_p_value:.3g})"}
+    parts = [p + notes.get(k, "") for k, p in zip(shown, parts)]
     reason = ("passed: " + ", ".join(parts)) if passed else ("failed: " + "; ".join(parts))
     return GateDecision(passed=passed, checks=checks, ic=metrics.ic, hit_rate=metrics.hit_rate, sharpe=metrics.sharpe_net,
-                        sharpe_gross=metrics.sharpe_gross, turnover=metrics.turnover, p_value=metrics.ic_p_value,
-                        p_value_corrected=p_corr, n_tests=int(n_tests), transfer=bool(transfer), reason=reason)
+                        sharpe_gross=metrics.sharpe_gross, deflated_sharpe=dsr, turnover=metrics.turnover,
+                        p_value=metrics.ic_p_value, p_value_corrected=p_corr, n_tests=int(n_tests), trials=int(trials),
+                        transfer=bool(transfer), reason=reason)
 
 # %% ../../nbs/31_models_validation.ipynb #c7bc0663
 def plot_window_ic(table: pd.DataFrame,          # from `window_metrics`

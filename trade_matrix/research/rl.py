@@ -1,5 +1,6 @@
-"""A policy that decides how much to hold, trained on a simulator that charges fees, spread and impact on
-every change of position, and trusted only as far as it beats fractional Kelly out of sample.
+"""A policy that decides how much to hold, trained on a simulator that charges the one cost model (fee and
+slippage on every change of position, funding on the position held), and trusted only as far as it beats
+fractional Kelly out of sample.
 
 Docs: https://trade-matrix.github.io/trade_matrix/research_rl.html.md"""
 
@@ -18,25 +19,33 @@ from fastcore.basics import patch
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from ..core import ConfigError, DataError, iso, REGIME_PROBABILITY_COLUMNS, utc
-from ..models.validation import annualised_sharpe
+from ..models.validation import annualised_sharpe, next_bar_funding
 from ..strategy.policy import (CurriculumStage, _deterministic_action, EnvSpec, LABEL,
                                           _observation_vector, RLConfig, RLPolicy, STATE_FIELDS, _target)
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['SIGNAL_COLUMNS', 'trade_costs', 'TradingEnv', 'synthetic_signal_frame', 'calm_mask', 'curriculum_frames',
+__all__ = ['FUNDING', 'SIGNAL_COLUMNS', 'trade_costs', 'TradingEnv', 'synthetic_signal_frame', 'calm_mask', 'curriculum_frames',
            'trading_pnl', 'evaluate_positions', 'train_policy', 'evaluate_policy']
 
 # %% ../../nbs/72_research_rl.ipynb #63b9be1f
+FUNDING = "funding"   # frame column: funding rate settled on the position held over the next bar (never observed)
+
 def trade_costs(turnover: np.ndarray | float,  # |Δposition| per bar
                 spec: EnvSpec = EnvSpec(),
-                cost_multiplier: float = 1.0,    # scales fee, spread and impact together
+                cost_multiplier: float = 1.0,    # scales fee and slippage together
                 ) -> dict[str, np.ndarray]:
-    "Fee, spread and impact cost (log-return units) of trading `turnover` units of position."
+    "Fee and slippage (log-return units) of trading `turnover` units of position: `spec.cost`, per unit traded."
     t = np.abs(np.asarray(turnover, dtype="float64"))
     m = float(cost_multiplier)
-    return {"fee": m * spec.taker_fee * t, "spread": m * spec.spread * t, "impact": m * spec.impact * t ** 1.5}
+    return {"fee": m * spec.cost.taker_fee * t, "slippage": m * spec.cost.slippage * t}
+
+def _funding_rates(frame: pd.DataFrame, spec: EnvSpec) -> np.ndarray:
+    "The frame's funding rates per row (0 where none settles, none is known, or `spec.cost.funding` is off)."
+    if not spec.cost.funding or FUNDING not in frame.columns:
+        return np.zeros(len(frame))
+    return np.nan_to_num(frame[FUNDING].to_numpy(dtype="float64"), nan=0.0, posinf=0.0, neginf=0.0)
 
 class _Book:
     "Position, net equity and drawdown of one episode, advanced one bar at a time."
@@ -45,14 +54,17 @@ class _Book:
         self.spec, self.cost_multiplier = spec, float(cost_multiplier)
         self.position, self.log_equity, self.log_peak, self.drawdown = 0.0, 0.0, 0.0, 0.0
 
-    def trade(self, action: float, ret: float) -> dict:
+    def trade(self, action: float, ret: float,
+              rate: float = 0.0,        # funding settled while the new position is held (from `_funding_rates`)
+              ) -> dict:
         "Move to the action's target position at this bar's close and hold it over the next bar (return `ret`)."
         target = _target(action, self.position, self.spec)
         turnover = abs(target - self.position)
         c = trade_costs(turnover, self.spec, self.cost_multiplier)
-        fee, spread, impact = float(c["fee"]), float(c["spread"]), float(c["impact"])
+        fee, slippage = float(c["fee"]), float(c["slippage"])
+        funding = target * rate if self.spec.cost.funding else 0.0
         gross = target * (ret if math.isfinite(ret) else 0.0)
-        costs = fee + spread + impact
+        costs = fee + slippage + funding
         net = gross - costs
         before = self.drawdown
         self.position = target
@@ -61,8 +73,8 @@ class _Book:
         self.drawdown = float(-math.expm1(self.log_equity - self.log_peak))
         penalty = self.spec.drawdown_penalty * max(0.0, self.drawdown - before)
         reward = self.spec.reward_scale * (net - penalty)
-        return {"position": target, "turnover": turnover, "gross": gross, "fee": fee, "spread": spread,
-                "impact": impact, "costs": costs, "net": net, "penalty": penalty, "reward": reward,
+        return {"position": target, "turnover": turnover, "gross": gross, "fee": fee, "slippage": slippage,
+                "funding": funding, "costs": costs, "net": net, "penalty": penalty, "reward": reward,
                 "equity": math.exp(self.log_equity), "drawdown": self.drawdown}
 
 # %% ../../nbs/72_research_rl.ipynb #a010ccd6
@@ -97,6 +109,8 @@ class TradingEnv(gymnasium.Env):
         if not segments:
             raise DataError("TradingEnv needs at least one frame slice")
         self.env_spec, self.cost_multiplier = spec, float(cost_multiplier)
+        if FUNDING in spec.observation:
+            raise ConfigError(f"observation must not contain {FUNDING!r}: it is settled after the decision, like the label")
         columns = spec.frame_columns + (LABEL,)
         for k, seg in enumerate(segments):
             _check_frame(seg, columns, f"slice {k}")
@@ -105,6 +119,7 @@ class TradingEnv(gymnasium.Env):
         self.segments = segments
         self._features = [seg.loc[:, list(spec.frame_columns)].to_numpy(dtype="float64") for seg in segments]
         self._returns = [seg[LABEL].to_numpy(dtype="float64") for seg in segments]
+        self._rates = [_funding_rates(seg, spec) for seg in segments]
         lengths = np.array([len(s) for s in segments])
         self._starts = np.maximum(1, lengths - spec.episode_bars + 1)
         self._weights = self._starts / self._starts.sum()
@@ -156,7 +171,7 @@ def _observation(self: TradingEnv) -> np.ndarray:
 def step(self: TradingEnv, action):
     i = self._start + self._step
     result = self._book.trade(float(np.asarray(action, dtype="float64").reshape(-1)[0]),
-                              float(self._returns[self._segment][i]))
+                              float(self._returns[self._segment][i]), float(self._rates[self._segment][i]))
     self._step += 1
     terminated = i + 1 >= len(self.segments[self._segment])    # the slice's data ends
     truncated = not terminated and self._step >= self._length   # the episode's length is reached
@@ -209,7 +224,7 @@ def synthetic_signal_frame(n_bars: int = 4000,           # rows (4h bars)
     return pd.DataFrame({"prediction": signal * sigma * ic, "signal": signal,
                          "confidence": np.clip(0.5 + 0.5 * np.abs(rolling_ic), 0, 1), "ic": rolling_ic,
                          "sigma": sigma, LABEL: ret, "p_Bear": p_bear, "p_Neutral": rest - p_bull - p_bear,
-                         "p_Bull": p_bull, "p_Crisis": p_vol}, index=index)
+                         "p_Bull": p_bull, "p_Crisis": p_vol, FUNDING: 0.0}, index=index)
 
 # %% ../../nbs/72_research_rl.ipynb #77758151
 def calm_mask(frame: pd.DataFrame,       # a signal frame with `sigma` and `p_Crisis`
@@ -265,6 +280,7 @@ def _run(model, frame: pd.DataFrame, spec: EnvSpec) -> tuple[np.ndarray, np.ndar
     _check_frame(frame, spec.frame_columns, "policy evaluation", finite=False)
     features = frame.loc[:, list(spec.frame_columns)].to_numpy(dtype="float64")
     returns = frame[LABEL].to_numpy(dtype="float64") if LABEL in frame.columns else np.full(len(frame), np.nan)
+    rates = _funding_rates(frame, spec)
     layout = [("state", n) if n in STATE_FIELDS else ("frame", spec.frame_columns.index(n)) for n in spec.observation]
     book = _Book(spec)
     positions, missing = np.zeros(len(frame)), np.zeros(len(frame), dtype=bool)
@@ -276,7 +292,7 @@ def _run(model, frame: pd.DataFrame, spec: EnvSpec) -> tuple[np.ndarray, np.ndar
             action = _deterministic_action(model, obs)
         else:
             action, missing[i] = book.position, True
-        positions[i] = book.trade(action, returns[i])["position"]
+        positions[i] = book.trade(action, returns[i], rates[i])["position"]
     return positions, missing
 
 def trading_pnl(frame: pd.DataFrame,        # a signal frame with the label `ret` (NaN: no return)
@@ -284,7 +300,7 @@ def trading_pnl(frame: pd.DataFrame,        # a signal frame with the label `ret
                 spec: EnvSpec = EnvSpec(),
                 cost_multiplier: float = 1.0,
                 ) -> pd.DataFrame:
-    "Per-bar position, turnover, gross, fee, spread, impact, costs and net: the environment's accounting, vectorised."
+    "Per-bar position, turnover, gross, fee, slippage, funding, costs and net: the environment's accounting, vectorised."
     pos = np.asarray(positions, dtype="float64").reshape(-1)
     if len(pos) != len(frame):
         raise DataError(f"{len(pos)} positions for {len(frame)} bars; they must be aligned bar by bar")
@@ -292,8 +308,9 @@ def trading_pnl(frame: pd.DataFrame,        # a signal frame with the label `ret
     turnover = np.abs(np.diff(pos, prepend=0.0))
     c = trade_costs(turnover, spec, cost_multiplier)
     gross = pos * np.where(np.isfinite(r), r, 0.0)
-    costs = c["fee"] + c["spread"] + c["impact"]
-    return pd.DataFrame({"position": pos, "turnover": turnover, "gross": gross, **c, "costs": costs,
+    funding = pos * _funding_rates(frame, spec)
+    costs = c["fee"] + c["slippage"] + funding
+    return pd.DataFrame({"position": pos, "turnover": turnover, "gross": gross, **c, "funding": funding, "costs": costs,
                          "net": gross - costs}, index=frame.index)
 
 def evaluate_positions(frame: pd.DataFrame,      # a signal frame with `ret`
@@ -301,14 +318,14 @@ def evaluate_positions(frame: pd.DataFrame,      # a signal frame with `ret`
                        spec: EnvSpec = EnvSpec(),
                        cost_multiplier: float = 1.0,
                        ) -> dict:
-    "Trading figures of a position path under the environment's costs: gross, costs, net, Sharpe, turnover, drawdown."
+    "Trading figures of a position path under the environment's costs (`spec.cost`): gross, costs, net, Sharpe, turnover, drawdown."
     pnl = trading_pnl(frame, positions, spec, cost_multiplier)
     gross, net = pnl["gross"].to_numpy(), pnl["net"].to_numpy()
     equity = np.exp(np.concatenate([[0.0], np.cumsum(net)]))
     n = len(pnl)
     mean = lambda a: float(np.mean(a)) if n else 0.0
-    return {"bars": n, "gross": float(gross.sum()), "fees": float(pnl["fee"].sum()), "spread": float(pnl["spread"].sum()),
-            "impact": float(pnl["impact"].sum()), "costs": float(pnl["costs"].sum()), "net": float(net.sum()),
+    return {"bars": n, "gross": float(gross.sum()), "fees": float(pnl["fee"].sum()), "slippage": float(pnl["slippage"].sum()),
+            "funding": float(pnl["funding"].sum()), "costs": float(pnl["costs"].sum()), "net": float(net.sum()),
             "sharpe_gross": annualised_sharpe(gross, spec.bars_per_year), "sharpe_net": annualised_sharpe(net, spec.bars_per_year),
             "return_gross": float(math.expm1(gross.sum())), "return_net": float(math.expm1(net.sum())),
             "turnover": mean(pnl["turnover"]), "annual_turnover": mean(pnl["turnover"]) * spec.bars_per_year,
@@ -417,6 +434,9 @@ def train_policy(frame: pd.DataFrame,               # signal frame of one instru
     from stable_baselines3.common.monitor import Monitor
     torch.set_num_threads(config.threads)
     spec = config.env
+    if spec.cost.funding and FUNDING not in frame.columns:
+        _log.warning("%s: the training frame has no %r column; the environment charges no funding (next_bar_funding gives it)",
+                     symbol, FUNDING)
     rows = _training_rows(frame, spec, until)
     train, held = _holdout_split(rows, config, symbol)
     model, timings, t_all = None, {}, time.perf_counter()

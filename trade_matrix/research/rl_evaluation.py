@@ -39,7 +39,7 @@ def compare_with_kelly(policy: RLPolicy,             # a trained policy
              "Kelly": np.asarray(kelly_positions, dtype="float64"),
              "always long": np.ones(len(frame)), "flat": np.zeros(len(frame))}
     rows = {name: evaluate_positions(frame, p, spec) for name, p in paths.items()}
-    cols = ["sharpe_net", "sharpe_gross", "return_net", "return_gross", "annual_turnover", "fees", "costs",
+    cols = ["sharpe_net", "sharpe_gross", "return_net", "return_gross", "annual_turnover", "fees", "funding", "costs",
             "max_drawdown", "exposure", "bars"]
     return pd.DataFrame.from_dict(rows, orient="index")[cols]
 

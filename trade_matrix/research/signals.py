@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from ..core import CostConfig, iso, REGIMES
+from ..models.validation import next_bar_funding
 from ..strategy.signal import SignalConfig, track_signals
 from ..strategy.sizing import expected_return, kelly_target, KellyConfig, rebalance
 
@@ -60,6 +61,7 @@ def frame_from_predictions(view,                         # `MarketData` known at
     state = track_signals(preds[column], own, signal_config)
     frame = pd.DataFrame({"prediction": preds[column], "window": preds["window"]}).join(state)
     frame["ret"] = preds["returns"]
+    frame["funding"] = next_bar_funding(view.funding(symbol), frame.index, bar_interval).to_numpy()   # what a position pays
     if regimes:
         from trade_matrix.research.regimes import walk_forward_regimes
         probs = walk_forward_regimes(view, symbol, frame.index[0], frame.index[-1] + pd.Timedelta(bar_interval),

@@ -23,7 +23,7 @@ __all__ = ['STEPS', 'METRICS_FILE', 'RetrainParams', 'StepResult', 'read_metrics
 # %% ../../nbs/90_retrain_params.ipynb #144d1cfc
 _GATES = GateConfig()
 
-_GATE_FIELDS = ("min_ic", "min_ic_transfer", "min_hit_rate", "min_sharpe", "max_p_value")
+_GATE_FIELDS = ("min_ic", "min_ic_transfer", "min_hit_rate", "min_sharpe", "min_deflated_sharpe", "max_p_value")
 
 class RetrainParams(_Strict):
     "Everything one weekly retrain run is told; validated before any work starts."
@@ -38,6 +38,7 @@ class RetrainParams(_Strict):
     min_ic_transfer: float = _GATES.min_ic_transfer      # ... for a transfer-learning update
     min_hit_rate: float = Field(_GATES.min_hit_rate, ge=0, le=1)  # directional hit rate at least this
     min_sharpe: float = _GATES.min_sharpe                # net Sharpe strictly above this
+    min_deflated_sharpe: float = Field(_GATES.min_deflated_sharpe, ge=0, lt=1)  # deflated Sharpe ratio at least this
     max_p_value: float = Field(_GATES.max_p_value, gt=0, le=1)    # corrected IC p-value strictly below this
     rl: bool = True                           # train the RL sizer (step 5)
     rl_timesteps: int = Field(30_000, ge=1)   # curriculum timesteps per instrument

@@ -20,8 +20,9 @@ from ..core import (DataError, iso, ModelError, parallel_map, parse_interval, re
 from .params import RetrainParams, show_step, StepResult, update_metrics
 
 # %% auto #0
-__all__ = ['step_data', 'step_features', 'production_models', 'step_train', 'oos_signal_frame', 'step_signals', 'backtest_start',
-           'step_rl', 'step_backtest', 'step_gates', 'step_register', 'run_steps', 'finish_metrics']
+__all__ = ['step_data', 'step_features', 'looks_since_deployment', 'production_models', 'step_train', 'oos_signal_frame',
+           'step_signals', 'backtest_start', 'step_rl', 'step_backtest', 'step_gates', 'step_register', 'run_steps',
+           'finish_metrics']
 
 # %% ../../nbs/91_retrain_steps.ipynb #b3982e27
 def _fetch_bybit(params: RetrainParams, settings: Settings, symbols: list[str]) -> Path:
@@ -163,6 +164,32 @@ def step_features(params: RetrainParams, data: StepResult,
     return StepResult("features", time.perf_counter() - t0, {"symbols": summary}, table,
                       {"selections": selections, "latest_features": latest}, {"boruta": plot})
 
+# %% ../../nbs/91_retrain_steps.ipynb #e872aeb5
+def _variants_tried(client, run_id: str) -> int:
+    "Variants a training run tried: its `variants_tried` parameter, else its `<variant>_sharpe_net` metrics."
+    import re
+    run = client.get_run(run_id)
+    if "variants_tried" in run.data.params:
+        return int(run.data.params["variants_tried"])
+    found = [k for k in run.data.metrics if re.fullmatch(r"(full|transfer_\d+)_sharpe_net", k)]
+    return max(1, len(found))
+
+def looks_since_deployment(registry,        # a `ModelRegistry`
+                           symbol: str,
+                           ) -> dict:
+    "The looks at `symbol` since its last deployment (registered non-placebo versions after it) and their trials."
+    import mlflow
+    try:
+        doc = registry.show(symbol)
+    except ModelError:   # nothing registered for it (or no tracking store yet): no earlier look
+        return {"looks": 0, "trials": 0, "since_version": None}
+    promoted = [v["version"] for v in doc["versions"] if v.get("promoted_at")] + [doc["production"] or 0]
+    last = max(promoted)
+    later = [v for v in doc["versions"] if v["version"] > last and not v["shuffled"]]
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
+    trials = sum(_variants_tried(client, v["run_id"]) for v in later)
+    return {"looks": len(later), "trials": trials, "since_version": last or None}
+
 # %% ../../nbs/91_retrain_steps.ipynb #c53954f3
 def production_models(registry, symbols) -> dict:
     "symbol -> (the model served now or None, a JSON-ready note of where it came from or why there is none)."
@@ -183,8 +210,9 @@ def production_models(registry, symbols) -> dict:
 def _train_one(args):
     "Worker: `train_instrument` on the locked features of step 2, corrected for the run's instruments."
     from trade_matrix.models.training import train_instrument
-    md, symbol, until, production, config, features, instruments = args
-    return train_instrument(md, symbol, until, production, config, features=features, other_tests=instruments)
+    md, symbol, until, production, config, features, instruments, before = args
+    return train_instrument(md, symbol, until, production, config, features=features, other_tests=instruments,
+                            prior_trials=before["trials"], prior_looks=before["looks"])
 
 def step_train(params: RetrainParams, data: StepResult, features: StepResult,
                registry=None,                  # a `ModelRegistry` (default: from the run's settings)
@@ -196,10 +224,11 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
     registry = registry or ModelRegistry.from_settings(data.outputs["settings"])
     config = params.train_config()
     prod = production_models(registry, params.symbols)
+    before = {s: looks_since_deployment(registry, s) for s in params.symbols}   # the trials of the earlier looks
     sel = features.outputs["selections"]
     instruments = len(params.symbols)   # the multiple-testing count: every instrument is tried in this run
-    jobs = [(data.outputs["md"], s, data.outputs["until"], prod[s][0], config, tuple(sel[s].selected), instruments)
-            for s in params.symbols]
+    jobs = [(data.outputs["md"], s, data.outputs["until"], prod[s][0], config, tuple(sel[s].selected), instruments,
+             before[s]) for s in params.symbols]
     results = dict(zip(params.symbols, parallel_map(_train_one, jobs, params.n_jobs)))
     rows, summary = [], {}
     for s, r in results.items():
@@ -209,10 +238,11 @@ def step_train(params: RetrainParams, data: StepResult, features: StepResult,
                "variants_tried": len(r.variants), "ic": d.ic, "hit_rate": d.hit_rate, "sharpe_net": d.sharpe,
                "sharpe_gross": d.sharpe_gross, "turnover": d.turnover, "p_raw": d.p_value,
                "p_corrected": d.p_value_corrected, "n_tests": r.n_tests, "instruments": instruments,
-               "passed": d.passed, "n_trees": r.model.n_trees, "seconds": round(r.timings.get("total_s", 0.0), 2)}
+               "deflated_sharpe": d.deflated_sharpe, "trials": r.trials, "looks": r.looks, "passed": d.passed,
+               "n_trees": r.model.n_trees, "seconds": round(r.timings.get("total_s", 0.0), 2)}
         rows.append(row)
         summary[s] = {k: v for k, v in row.items() if k != "symbol"} | {
-            "production": prod[s][1], "model_id": r.model.model_id, "timings": r.timings,
+            "production": prod[s][1], "earlier_looks": before[s], "model_id": r.model.model_id, "timings": r.timings,
             "variants": json.loads(r.variants.to_json(orient="index"))}
     table = pd.DataFrame(rows).set_index("symbol")
     plots = {f"variants_{s}": (lambda r=r: plot_variants(r)) for s, r in results.items()}
@@ -409,23 +439,26 @@ def step_gates(params: RetrainParams, training: StepResult) -> StepResult:
         row["p_value_raw"] = d.p_value
         row["n_tests"] = d.n_tests
         row["instruments"] = len(results)
+        row["trials"], row["looks"] = r.trials, r.looks
         rows.append(row)
         summary[s] = {"passed": d.passed, "variant": r.variant, "checks": d.checks, "n_tests": d.n_tests,
                       "instruments_tested": len(results), "p_value_raw": d.p_value,
-                      "p_value_corrected": d.p_value_corrected, "reason": r.reason}
+                      "p_value_corrected": d.p_value_corrected, "trials": r.trials, "looks": r.looks,
+                      "reason": r.reason}
     table = pd.DataFrame(rows).set_index("symbol")
 
     def plot():
         import matplotlib.pyplot as plt
-        names = ["ic", "hit_rate", "sharpe", "p_value"]
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+        names = ["ic", "hit_rate", "sharpe", "deflated_sharpe", "p_value"]
+        fig, axes = plt.subplots(1, len(names), figsize=(17, 3))
         for ax, k in zip(axes, names):
             vals = [results[s].decision.checks[k]["value"] for s in results]
             thr = [results[s].decision.checks[k]["threshold"] for s in results]
             ok = [results[s].decision.checks[k]["passed"] for s in results]
             ax.bar(list(results), np.nan_to_num(vals), color=["#2e7d32" if o else "#c62828" for o in ok])
             ax.scatter(list(results), thr, marker="_", s=600, color="black", zorder=3, label="threshold")
-            ax.set_title(k)
+            ax.set_title(k if k != "deflated_sharpe" else
+                         "deflated_sharpe (trials: " + ", ".join(str(results[s].trials) for s in results) + ")")
             ax.tick_params(axis="x", rotation=30)
         axes[0].legend(fontsize=8)
         fig.suptitle("gates: green passed, red failed (p-value: below the threshold passes)", y=1.04)
@@ -443,14 +476,19 @@ def step_register(params: RetrainParams, data: StepResult, training: StepResult,
                   promote: bool = True,      # False: log and register only, never move @production
                   ) -> StepResult:
     "Step 8: log and register every training run, promote those that passed, export tier 4, install RL policies."
+    import mlflow
     t0 = time.perf_counter()
     settings = data.outputs["settings"]
     registry, results = training.outputs["registry"], training.outputs["results"]
     prod = training.outputs["production"]
     rows, summary = [], {}
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
     for s, r in results.items():
-        rv = registry.log_training(r, extra_params={"retrain_run": str(run_dir) if run_dir else ""},
+        rv = registry.log_training(r, extra_params={"retrain_run": str(run_dir) if run_dir else "", "trials": r.trials,
+                                                    "looks": r.looks, "variants_tried": len(r.variants)},
                                    config=training.outputs["config"])
+        for tag in ("trials", "looks"):   # on the version too: what stood behind this decision
+            client.set_model_version_tag(rv.name, str(rv.version), tag, str(getattr(r, tag)))
         before = prod[s][1].get("version")
         promoted, action, local = False, "none: no production model", None
         if promote and r.deployable:   # a placebo never trades (the registry refuses it too)
@@ -471,7 +509,7 @@ def step_register(params: RetrainParams, data: StepResult, training: StepResult,
                 policy = str(replace_folder(staged, target))
         row = {"symbol": s, "version": rv.version, "passed": r.passed, "promoted": promoted,
                "production_before": before, "production_after": registry.production_version(s), "action": action,
-               "rl_policy_installed": policy is not None}
+               "rl_policy_installed": policy is not None, "trials": r.trials, "looks": r.looks}
         rows.append(row)
         summary[s] = {k: v for k, v in row.items() if k != "symbol"} | {"run_id": rv.run_id, "local_dir": local,
                                                                          "policy_dir": policy}
@@ -524,6 +562,7 @@ def finish_metrics(run_dir, steps: dict[str, StepResult], params: RetrainParams 
                       "passed": g.get("passed"), "variant": g.get("variant"), "decision": g.get("reason"),
                       "n_tests": g.get("n_tests"), "instruments_tested": g.get("instruments_tested"),
                       "p_value_raw": g.get("p_value_raw"), "p_value_corrected": g.get("p_value_corrected"),
+                      "trials": g.get("trials"), "looks": g.get("looks"),
                       "version": r.get("version"), "promoted": r.get("promoted"),
                       "production_before": r.get("production_before"), "production_after": r.get("production_after"),
                       "rl_policy_installed": r.get("rl_policy_installed")}

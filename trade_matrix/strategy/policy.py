@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from typing import Literal
-from ..core import (iso, ModelError, read_folder_meta, REGIME_PROBABILITY_COLUMNS, SLIPPAGE, _Strict,
-                               TAKER_FEE, verify_folder_files, write_artifact_folder)
+from ..core import (CostConfig, iso, ModelError, read_folder_meta, REGIME_PROBABILITY_COLUMNS, _Strict,
+                               verify_folder_files, write_artifact_folder)
 
 # %% auto #0
 __all__ = ['OBSERVATION', 'STATE_FIELDS', 'LABEL', 'DEFAULT_STAGES', 'POLICY_FORMAT', 'EnvSpec', 'CurriculumStage', 'SACSettings',
@@ -34,9 +34,7 @@ _BOUNDS = {"signal": (-3.0, 3.0), "confidence": (0.0, 1.0), "ic": (-1.0, 1.0), "
 class EnvSpec(_Strict):
     "Everything that defines the trading environment; saved and logged with the policy."
     long_only: bool = False                       # action in [0, 1] instead of [-1, 1]
-    taker_fee: float = Field(float(TAKER_FEE), ge=0)   # per side, fraction of the notional traded
-    spread: float = Field(float(SLIPPAGE), ge=0)       # half-spread (the slippage) paid per unit traded
-    impact: float = Field(0.0005, ge=0)           # impact cost = impact * |Δposition|^1.5
+    cost: CostConfig = CostConfig()               # the one cost model: fee + slippage per unit traded, funding held
     drawdown_penalty: float = Field(0.0, ge=0)    # reward -= penalty * increase of the drawdown (a fraction)
     max_step: float | None = Field(None, gt=0)    # cap on |Δposition| per bar (None: no cap)
     episode_bars: int = Field(512, ge=2)          # training episode length, from a random start
@@ -87,7 +85,7 @@ class CurriculumStage(_Strict):
     name: str
     selector: Literal["calm", "mixed", "full"]   # which bars the stage's episodes are drawn from
     timesteps: int = Field(ge=0)                  # environment steps trained in the stage
-    cost_multiplier: float = Field(1.0, ge=0)     # scales fee, spread and impact during the stage
+    cost_multiplier: float = Field(1.0, ge=0)     # scales the trading cost (fee and slippage) during the stage
 
 # %% ../../nbs/43_strategy_policy.ipynb #8969f843
 class SACSettings(_Strict):

@@ -29,6 +29,7 @@ class SignalConfig(_Strict):
     long_window: int = Field(500, ge=20)    # pairs in the long-run IC that `skill` shrinks toward
     long_min: int = Field(100, ge=10)       # pairs needed before `skill` is non-zero
     prior_weight: float = Field(200.0, ge=0)  # weight of the long-run IC against the 20-bar one
+    min_skill_t: float = Field(1.645, ge=0)  # the long-run IC's t-statistic needed before `skill` is non-zero (0: off)
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     "Spearman correlation of two equal-length arrays without NaN (average ranks for ties): the pandas reference."
@@ -184,8 +185,11 @@ class SignalTracker:
             ic = _fast_spearman(arr[-c.ic_window:])
             if len(arr) >= c.long_min:
                 long_ic = _fast_spearman(arr)
-                k = min(len(arr), c.ic_window)
-                skill = (k * (ic if math.isfinite(ic) else 0.0) + c.prior_weight * long_ic) / (k + c.prior_weight)
+                n = len(arr)
+                t = long_ic * math.sqrt((n - 2) / max(1e-12, 1.0 - long_ic * long_ic))
+                if c.min_skill_t == 0 or t >= c.min_skill_t:   # an edge beyond chance; otherwise stand aside
+                    k = min(n, c.ic_window)
+                    skill = (k * (ic if math.isfinite(ic) else 0.0) + c.prior_weight * long_ic) / (k + c.prior_weight)
         return {"signal": signal, "confidence": confidence, "ic": ic, "skill": skill,
                 "sigma": math.sqrt(self.variance) if math.isfinite(self.variance) else float("nan"), "horizon": horizon}
 

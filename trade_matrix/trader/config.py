@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 from decimal import Decimal
-from pydantic import Field
+from pydantic import Field, model_validator
 from typing import Literal
-from ..core import CostConfig, parse_interval, SLIPPAGE, _Strict, TAKER_FEE, utc
+from ..core import CostConfig, parse_interval, _Strict, to_decimal, utc
 from ..features.catalogue import FeatureConfig
 from ..risk.allocation import allocate
 from ..risk.breaker import BreakerConfig
@@ -26,6 +26,16 @@ from ..strategy.sizing import CascadeConfig, KellyConfig
 __all__ = ['TraderConfig', 'fit_regime_models', 'allocation_weights']
 
 # %% ../../nbs/60_trader_config.ipynb #8a38e624
+def _refuse_moved_costs(cls, data):
+    "Refuse top-level `taker_fee`, `slippage`, `funding`: they live in `cost` (a `CostConfig`); the error shows how to write them."
+    moved = {k: data[k] for k in ("taker_fee", "slippage", "funding") if isinstance(data, dict) and k in data}
+    if moved:
+        toml = "; ".join(f"[cost] {k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in moved.items())
+        code = ", ".join(f"{k}={v!r}" for k, v in moved.items())
+        raise ValueError(f"{', '.join(moved)} belong to the cost model `cost`: write {toml} in a file, "
+                         f"cost=CostConfig({code}) in code")
+    return data
+
 class TraderConfig(_Strict):
     "What the replayed trader is configured with."
     history_bars: int = Field(1500, ge=200)       # bars before `start` the features are computed from (batch and live alike)
@@ -33,9 +43,7 @@ class TraderConfig(_Strict):
     allocation: Literal["equal", "hrp"] = "equal"  # weights across symbols
     allocation_days: int = Field(365, ge=30)      # daily returns the HRP weights are computed from
     initial_cash: Decimal = Decimal("100000")
-    taker_fee: Decimal = TAKER_FEE                # the paper exchange's fee per fill (core defines the defaults)
-    slippage: Decimal = SLIPPAGE                  # the paper exchange's slippage per fill
-    funding: bool = True                          # settle funding at 00/08/16 UTC
+    cost: CostConfig = CostConfig()               # the one cost model: fills' fee and slippage, funding, the sizer's band
     regimes: bool = True                          # size with the regime filter's probabilities (else Neutral)
     features: FeatureConfig = FeatureConfig()
     signal: SignalConfig = SignalConfig()
@@ -48,10 +56,22 @@ class TraderConfig(_Strict):
     var_days: int | None = Field(180, ge=2)       # daily returns the VaR covariance is estimated on (None: no VaR limit)
     var_min_days: int = Field(30, ge=2)           # fewer complete days known: no covariance yet, VaR not checked
 
+    _costs_moved = model_validator(mode="before")(_refuse_moved_costs)
+
     @property
-    def cost(self) -> CostConfig:
-        "The sizing's cost model: the exchange's fee and slippage."
-        return CostConfig(taker_fee=float(self.taker_fee), slippage=float(self.slippage))
+    def taker_fee(self) -> Decimal:
+        "The paper exchange's fee per fill, exact: `cost.taker_fee`."
+        return to_decimal(self.cost.taker_fee)
+
+    @property
+    def slippage(self) -> Decimal:
+        "The paper exchange's slippage per fill, exact: `cost.slippage`."
+        return to_decimal(self.cost.slippage)
+
+    @property
+    def funding(self) -> bool:
+        "Whether funding is settled at 00/08/16 UTC: `cost.funding`."
+        return self.cost.funding
 
     @property
     def interval(self) -> pd.Timedelta:

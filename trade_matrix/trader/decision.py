@@ -22,7 +22,7 @@ from ..features.catalogue import build_graph, FeatureConfig, IncrementalFeatures
 from ..features.graph import FeatureGraph
 from ..models.compiled import CompiledTrees
 from ..risk.breaker import CircuitBreaker
-from ..risk.engine import per_symbol, PortfolioState, ProposedOrder, RiskEngine
+from ..risk.engine import per_symbol, PortfolioState, ProposedOrder, RiskAction, RiskEngine
 from ..risk.var import daily_covariance
 from ..strategy.regime import RegimeModel
 from ..strategy.regime_filter import RegimeFilter
@@ -90,6 +90,8 @@ class DecisionPath:
         every = [m for m in models.values() if m is not None] + later
         graph = _pruned_graph(config.features, set().union(*(m.locked.features for m in every)) if every else set())
         self.names = graph.names
+        inputs = dict(zip(("btc_close", "eth_close"), config.features.reference_symbols))
+        self.references = [r for k, r in inputs.items() if k in graph.input_names and r not in self.symbols]
         self.engines = {s: IncrementalFeatures(s, config.features, graph) for s in self.active}
         self.use_models(models)
         self.trackers = {s: SignalTracker(config.signal) for s in self.active}
@@ -97,7 +99,7 @@ class DecisionPath:
         self.filters = {s: RegimeFilter(rm[s]) for s in self.active if config.regimes and s in rm}
         self.policies = dict(policies or {})
         self.sizers = {s: Sizer(s, config.kelly, config.cascade, config.cost, self.policies.get(s)) for s in self.active}
-        self.intended = {s: 0.0 for s in self.symbols}       # the sizing's last target (fraction of the allocation)
+        self.intended = {s: 0.0 for s in self.symbols}       # the last target risk approved (fraction of the allocation)
         self.peak = float(venue.equity())                     # the equity's high-water mark
         self.prev_close = {s: float("nan") for s in self.symbols}
         self.state = {s: None for s in self.active}           # the last signal state per symbol
@@ -187,6 +189,8 @@ def step(self: DecisionPath, time,                 # open time of the bars that 
             o, h, lo, c, v = bars[s]
             rows[s] = self.engines[s].on_bar(t, o, h, lo, c, v, btc, eth)
     preds = self._predict({s: r for s, r in rows.items() if self.models[s] is not None})
+    # a bar the model was fitted on counts with its walk-forward prediction (or none): skill is learnt out of sample
+    preds = {s: self.models[s].honest_prediction(t, p) for s, p in preds.items()}
     for s in rows:     # a symbol between models (none served now) still tracks returns, with no prediction
         c = bars[s][3]
         prev = self.prev_close[s]
@@ -248,7 +252,7 @@ def _estimate_covariance(self: DecisionPath, day: int) -> None:
 def _trade(self: DecisionPath, t: pd.Timestamp, bars: Mapping[str, tuple], preds: dict) -> BarDecisions:
     "Size every symbol that closed a bar, check each order with risk; the approved ones are the intents."
     venue = self.venue
-    closes = {s: to_decimal(float(b[3])) for s, b in bars.items()}
+    closes = {s: to_decimal(float(b[3])) for s, b in bars.items() if s in self.weights}   # traded symbols only
     for s, c in closes.items():
         venue.mark(s, c)
     equity = venue.equity()
@@ -268,7 +272,6 @@ def _trade(self: DecisionPath, t: pd.Timestamp, bars: Mapping[str, tuple], preds
         if s not in bars:
             continue
         rec, target = self._size(s, t, preds, state, drawdown)
-        self.intended[s] = target
         fraction = target * self.weights[s]
         cap = self.max_fraction[s]
         cap = 0.0 if cap is None else float(cap)
@@ -280,6 +283,8 @@ def _trade(self: DecisionPath, t: pd.Timestamp, bars: Mapping[str, tuple], preds
             intent = self._propose(s, t, qty, closes[s], rec, book)
             if intent is not None:
                 intents.append(intent)
+            self.intended[s] = self._approved_target(s, target, rec, E, float(bars[s][3]))
+        rec["intended"] = self.intended[s]
         out.append(rec)
     self.decisions += out
     return BarDecisions(t, out, intents)
@@ -315,6 +320,7 @@ def _propose(self: DecisionPath, s: str, t: pd.Timestamp, qty: float, close: Dec
     rec["risk_action"], rec["risk_reasons"] = decision.action.value, "; ".join(decision.reasons)
     if not decision.approved:
         return None
+    rec["approved_quantity"] = float(self.venue.position(s) + decision.order.signed_quantity)
     intent = Order.from_proposed(decision.order, client_order_id(t, s), self.clock())
     rec["order_id"] = intent.id
     self._pending[intent.id] = rec
@@ -323,6 +329,20 @@ def _propose(self: DecisionPath, s: str, t: pd.Timestamp, qty: float, close: Dec
     held[s] = held.get(s, Decimal(0)) + decision.order.signed_quantity
     book["held"], book["portfolio"] = held, None
     return intent
+
+# %% ../../nbs/61_trader_decision.ipynb #8048fb8b
+@patch
+def _approved_target(self: DecisionPath, s: str, target: float, rec: dict, equity: float, close: float) -> float:
+    "The target the sizing may believe it holds after risk's answer: approved, resized or unchanged when denied."
+    action = rec["risk_action"]
+    if action is None or action == RiskAction.APPROVED.value:    # no order needed, or approved as asked
+        return target
+    if action == RiskAction.DENIED.value:
+        return self.intended[s]
+    if abs(rec["approved_quantity"] - rec["target_quantity"]) < float(self.instruments[s].lot_size):
+        return target                                            # only rounded to the lot: as asked
+    w = self.weights[s]                                          # resized by a limit: the approved position's share
+    return rec["approved_quantity"] * close / equity / w if w > 0 and equity > 0 else 0.0
 
 # %% ../../nbs/61_trader_decision.ipynb #b11bdc12
 @patch
@@ -333,6 +353,7 @@ def on_order_result(self: DecisionPath, order: Order) -> None:
         raise DataError(f"order {order.id} is not an intent this path is waiting on")
     if order.status is OrderStatus.REJECTED:
         rec["risk_reasons"] += f"; exchange rejected: {order.status_reason}"
+        self.intended[order.symbol] = rec["intended"] = rec["previous"]   # nothing changed: the next bar decides again
         self.breaker.on_execution_error(order.status_reason)
     else:
         self.breaker.on_execution_ok()
