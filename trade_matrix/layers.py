@@ -28,7 +28,7 @@ LAYER_RULES: dict[str, tuple[str, ...]] = {
     "core": (),
     "layers": _BASE,
     "data": _BASE,
-    "testing": _DATA,
+    "testing": _DATA + ("execution.orders", "execution.paper"),
     "adapters": _DATA,
     "features": _DATA,
     "models": _MODELS,
