@@ -20,11 +20,15 @@ from .journal import Intent, IntentState, Journal
 from .orders import Fill
 
 # %% auto #0
-__all__ = ['DuplicateClientId', 'VenueOrder', 'OrderGateway', 'OrderManagerConfig', 'OrderManager', 'completion_id']
+__all__ = ['DuplicateClientId', 'NotProcessed', 'VenueOrder', 'OrderGateway', 'OrderManagerConfig', 'OrderManager',
+           'completion_id']
 
-# %% ../../nbs/56_execution_manager.ipynb #69236cd1
+# %% ../../nbs/56_execution_manager.ipynb #0137e217
 class DuplicateClientId(ExchangeError):
     "The venue already has an order with this client id (Bybit 110072): it exists; look it up, do not resend."
+
+class NotProcessed(TemporaryExchangeError):
+    "The venue refused the request before processing it (rate limit 10006, timestamp 10002): nothing was created."
 
 @dataclass(frozen=True)
 class VenueOrder:
@@ -53,7 +57,7 @@ class OrderGateway(Protocol):
         "The venue's order with this client id, open or in its history; None when it has none."
         ...
 
-# %% ../../nbs/56_execution_manager.ipynb #70309b2e
+# %% ../../nbs/56_execution_manager.ipynb #efdfa45b
 class OrderManagerConfig(_Strict):
     "How the order manager sends and resolves."
     max_age: str = "15min"                   # nothing is sent later than this after its bar's close
@@ -61,6 +65,8 @@ class OrderManagerConfig(_Strict):
     lookup_attempts: int = Field(3, ge=1)    # lookups of an ambiguous order before deciding
     lookup_pause_s: float = Field(1.0, ge=0)  # seconds between lookups
     max_sends: int = Field(3, ge=1)          # sends of one intent whose outcome stays unknown before it is LOST
+    max_not_processed: int = Field(5, ge=1)  # refusals before processing (10006, 10002) before it EXPIRES unsent
+    max_wait_s: float = Field(10.0, ge=0)    # the longest wait for a rate limit's reset before sending again
     complete_partial: bool = True            # one completion order for a market order cancelled part filled
 
 # %% ../../nbs/56_execution_manager.ipynb #bb9368b3
@@ -105,7 +111,7 @@ def apply(self: OrderManager, intent: Intent, answer: VenueOrder) -> Intent:
         self._complete(updated)
     return updated
 
-# %% ../../nbs/56_execution_manager.ipynb #b29a4bda
+# %% ../../nbs/56_execution_manager.ipynb #a1462820
 @patch
 def send(self: OrderManager, intent: Intent) -> Intent:
     "Send a PLANNED intent (or expire it when too old); resolves an ambiguous outcome before returning."
@@ -124,6 +130,8 @@ def _place(self: OrderManager, intent: Intent) -> Intent:
     intent = self.journal.transition(intent.client_id, IntentState.SENDING, now=self.clock())
     try:
         answer = self.gateway.place(intent)
+    except NotProcessed as e:
+        return self._refused(intent, e)
     except DuplicateClientId as e:
         self.journal.transition(intent.client_id, IntentState.UNKNOWN, f"duplicate client id: {e}", now=self.clock())
         return self.resolve(self.journal.intent(intent.client_id), resend=False)
@@ -132,7 +140,23 @@ def _place(self: OrderManager, intent: Intent) -> Intent:
         return self.resolve(self.journal.intent(intent.client_id))
     return self.apply(intent, answer)
 
-# %% ../../nbs/56_execution_manager.ipynb #e4d6442c
+# %% ../../nbs/56_execution_manager.ipynb #600309d1
+@patch
+def _refused(self: OrderManager, intent: Intent, error: NotProcessed) -> Intent:
+    "A send refused before processing: wait and resend with the same id, or EXPIRE after too many refusals."
+    self.journal.transition(intent.client_id, IntentState.UNKNOWN, f"not processed: {error}", now=self.clock())
+    refusals = sum(1 for e in self.journal.events(intent.client_id) if e[3].startswith("not processed"))
+    if refusals >= self.config.max_not_processed or self.too_old(intent):
+        return self.journal.transition(intent.client_id, IntentState.EXPIRED,
+                                       f"refused {refusals} times before processing ({error}); nothing was created",
+                                       now=self.clock())
+    wait = self.config.lookup_pause_s
+    if error.retry_at_ms is not None:
+        wait = max(wait, (error.retry_at_ms - self.clock().value // 1_000_000) / 1000)
+    self.sleep(min(wait, self.config.max_wait_s))
+    return self._place(self.journal.intent(intent.client_id))
+
+# %% ../../nbs/56_execution_manager.ipynb #b4e7df66
 @patch
 def resolve(self: OrderManager, intent: Intent, resend: bool = True) -> Intent:
     "Settle a SENDING, UNKNOWN, ACKED or PARTIALLY_FILLED intent by looking it up by its client id."
@@ -151,12 +175,13 @@ def resolve(self: OrderManager, intent: Intent, resend: bool = True) -> Intent:
         if found is not None:
             return self.apply(intent, found)
         absent += 1
-    if intent.state in (IntentState.ACKED, IntentState.PARTIALLY_FILLED) or failures or not resend:
-        why = (f"{len(failures)} of {self.config.lookup_attempts} lookups failed ({failures[-1]})" if failures
+    if intent.state in (IntentState.ACKED, IntentState.PARTIALLY_FILLED) or not absent or not resend:
+        why = (f"{len(failures)} of {self.config.lookup_attempts} lookups failed ({failures[-1]})" if not absent
                else "the venue has no order with this id although it was acknowledged or reported as a duplicate")
         return self._lose(intent, why)
-    if intent.attempts >= self.config.max_sends:
-        return self._lose(intent, f"sent {intent.attempts} times, never confirmed and never found")
+    unconfirmed = sum(1 for e in self.journal.events(intent.client_id) if e[2] == "UNKNOWN" and e[3].startswith("ambiguous"))
+    if unconfirmed >= self.config.max_sends:
+        return self._lose(intent, f"sent {unconfirmed} times, never confirmed and never found")
     if intent.state is IntentState.SENDING:                     # a crash mid-send: the journal said SENDING
         intent = self.journal.transition(intent.client_id, IntentState.UNKNOWN, "in flight at a restart", now=self.clock())
     if self.too_old(intent):
@@ -171,7 +196,7 @@ def _lose(self: OrderManager, intent: Intent, why: str) -> Intent:
     self.on_lost(intent.symbol, f"intent {intent.client_id} lost: {why}")
     return lost
 
-# %% ../../nbs/56_execution_manager.ipynb #78fb64a1
+# %% ../../nbs/56_execution_manager.ipynb #0e0e7436
 def completion_id(client_id: str, sequence: int) -> str:
     "The client id of the intent's `sequence`-th order: the deterministic id with its last field replaced."
     head, _, _ = client_id.rpartition("-")
@@ -189,7 +214,7 @@ def _complete(self: OrderManager, cancelled: Intent) -> Intent | None:
     self.journal.record_bar(cancelled.run_id, cancelled.bar_time, [extra], now=self.clock())
     return self.send(extra)
 
-# %% ../../nbs/56_execution_manager.ipynb #9300b7d2
+# %% ../../nbs/56_execution_manager.ipynb #cfbefde1
 @patch
 def recover(self: OrderManager, run_id: str | None = None) -> list[Intent]:
     "Settle every open intent of the journal (a restart); returns them as journaled afterwards."
