@@ -13,10 +13,18 @@ import secrets
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from decimal import Decimal
+
+import pandas as pd
 import psycopg
 import pytest
 import redis
 from psycopg import sql
+
+from trade_matrix.core import ManualClock
+from trade_matrix.execution.bybit import BybitGateway
+from trade_matrix.execution.journal import open_journal
+from trade_matrix.testing.bybit_exchange import BybitExchange
 
 # the machine's PostgreSQL trusts `root` or `postgres`; use the first that connects unless told otherwise
 PG_ADMIN_URLS = ([os.environ["TM_TEST_PG_ADMIN_URL"]] if os.environ.get("TM_TEST_PG_ADMIN_URL") else
@@ -86,3 +94,42 @@ def redis_url_prefix() -> RedisTestTarget:
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i:i + 1000])
         client.close()
+
+
+# --- The simulated Bybit account (the loopback exchange, a journal, the gateway) -----------------------------
+# Shared by the order tests (test_bybit_venue, test_bybit_faults, test_reconcile, ...): one simulated account
+# with BTCUSDT at 60,000 and ETHUSDT at 3,000, a clock one minute after the 04:00 close of the 00:00 bar, and a
+# journal holding run `run-1`. A test that needs something else defines its own fixture of the same name.
+
+SIM_KEY, SIM_SECRET = "key", "secret"
+SIM_BAR = pd.Timestamp("2024-03-01T00:00Z")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    "The simulated time: one minute after the first bar's close."
+    return ManualClock(SIM_BAR + pd.Timedelta("4h1min"))
+
+
+@pytest.fixture
+def exchange(clock):
+    "The loopback Bybit exchange on that clock, 100,000 USDT, BTCUSDT at 60,000 and ETHUSDT at 3,000."
+    with BybitExchange(clock, api_keys={SIM_KEY: SIM_SECRET}, initial_cash=Decimal("100000")) as simulated:
+        simulated.set_price("BTCUSDT", "60000")
+        simulated.set_price("ETHUSDT", "3000")
+        yield simulated
+
+
+@pytest.fixture
+def journal(tmp_path):
+    "A DuckDB journal file with run `run-1` begun."
+    opened = open_journal(f"duckdb:///{tmp_path}/j.duckdb")
+    opened.begin_run("run-1", 0, "testnet")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def gateway(exchange, clock) -> BybitGateway:
+    "The Bybit gateway signed with the simulator's key, measuring server time against the simulated clock."
+    return BybitGateway(SIM_KEY, SIM_SECRET, endpoint=exchange.url, timeout=5, clock=clock)

@@ -11,37 +11,16 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from trade_matrix.core import ManualClock
 from trade_matrix.execution.bybit import BybitGateway
-from trade_matrix.execution.journal import Intent, IntentState, open_journal
+from trade_matrix.execution.journal import Intent, IntentState
 from trade_matrix.execution.manager import OrderManager, OrderManagerConfig
 from trade_matrix.execution.orders import Order
-from trade_matrix.testing.bybit_exchange import BybitExchange
+from trade_matrix.testing.loopback import Fault
 
 KEY, SECRET = "key", "secret"
 BAR = pd.Timestamp("2024-03-01T00:00Z")
 CREATE = "/v5/order/create"
-
-
-@pytest.fixture
-def clock():
-    return ManualClock(BAR + pd.Timedelta("4h1min"))
-
-
-@pytest.fixture
-def exchange(clock):
-    with BybitExchange(clock, api_keys={KEY: SECRET}, initial_cash=Decimal("100000")) as ex:
-        ex.set_price("BTCUSDT", "60000")
-        ex.set_price("ETHUSDT", "3000")
-        yield ex
-
-
-@pytest.fixture
-def journal(tmp_path):
-    j = open_journal(f"duckdb:///{tmp_path}/j.duckdb")
-    j.begin_run("run-1", 0, "testnet")
-    yield j
-    j.close()
+# the clock, the exchange (BTCUSDT 60,000, ETHUSDT 3,000) and the journal: the shared fixtures of conftest.py
 
 
 class Calls:
@@ -52,7 +31,7 @@ class Calls:
 
 def manager(journal, exchange, clock, calls: Calls | None = None, slept: list | None = None) -> OrderManager:
     calls = calls or Calls()
-    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5)
+    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5, clock=clock)
     return OrderManager(journal, gateway, OrderManagerConfig(lookup_pause_s=0), clock=clock,
                         sleep=(slept.append if slept is not None else lambda s: None),
                         on_rejected=lambda s, why: calls.rejected.append((s, why)),
@@ -125,26 +104,42 @@ def test_a_long_rate_limit_is_waited_out_until_its_reset_and_does_not_use_up_the
     assert journal.positions() == {"BTCUSDT": Decimal("0.004")}
 
 
-def test_a_clock_skew_for_one_request_is_resent_with_the_same_id_and_fills_once(journal, exchange, clock):
+def test_a_clock_skew_for_one_request_is_resent_by_the_gateway_with_the_same_id_and_fills_once(journal, exchange, clock):
+    # 10002 was not processed: the gateway resyncs and sends the same request again within the one attempt
     exchange.set_clock_skew(60_000, requests=1)
     i = planned(journal, "ETHUSDT", "buy", "0.20")
     done = manager(journal, exchange, clock).send(i)
-    assert (done.state, done.attempts) == (IntentState.FILLED, 2)
+    assert (done.state, done.attempts) == (IntentState.FILLED, 1)
     assert exchange.accepted_creates(i.client_id) == 1
     assert exchange.fault_counts["clock_skew"] == 1
 
 
-def test_a_lasting_clock_skew_expires_the_intent_unsent_and_nothing_is_created(journal, exchange, clock):
-    # Every signed request gets 10002 (refused before processing): resent up to max_not_processed, then EXPIRED;
-    # the reconciler's clock check is what stops live trading until the clock is fixed
+def test_a_lasting_clock_skew_is_resynced_from_server_time_and_the_order_fills_once(journal, exchange, clock):
+    # the server's clock is a minute ahead for good: one 10002, the gateway measures the offset at /v5/market/time,
+    # stamps every later request with it, and the same request goes again with the same id
     calls = Calls()
     exchange.set_clock_skew(60_000)
+    i = planned(journal, "ETHUSDT", "buy", "0.20")
+    om = manager(journal, exchange, clock, calls)
+    done = om.send(i)
+    assert (done.state, done.attempts) == (IntentState.FILLED, 1)
+    assert om.gateway.offset_ms == 60_000
+    assert calls.lost == [] and exchange.accepted_creates(i.client_id) == 1
+    assert exchange.fault_counts["clock_skew"] == 1
+
+
+def test_a_timestamp_refusal_that_resyncing_does_not_cure_expires_the_intent_unsent(journal, exchange, clock):
+    # every create answers 10002 whatever the timestamp: resent up to max_not_processed, then EXPIRED, nothing created;
+    # the reconciler's clock check is what stops live trading until the clock is fixed
+    calls = Calls()
+    exchange.inject(*[Fault.error(10002, "invalid request, please check your server timestamp or recv_window param",
+                                  path=CREATE)] * 10)
     i = planned(journal, "ETHUSDT", "buy", "0.20")
     done = manager(journal, exchange, clock, calls).send(i)
     assert (done.state, done.attempts) == (IntentState.EXPIRED, 5)
     assert "refused 5 times before processing" in done.status_reason and "10002" in done.status_reason
     assert calls.lost == [] and exchange.accepted_creates(i.client_id) == 0
-    assert exchange.fault_counts["clock_skew"] == 5
+    assert exchange.pending_faults == 0 and exchange.requests["/v5/market/time"] == 5
 
 
 def test_down_for_one_request_loses_only_the_create_which_is_resent_and_fills_once(journal, exchange, clock):
@@ -197,3 +192,16 @@ def test_an_outside_trade_leaves_the_journal_and_the_exchange_apart_and_nothing_
     assert report.adopted == venue and any(p.startswith("ETHUSDT: the venue holds 0.50") for p in report.problems)
     assert exchange.requests[CREATE] == 1 and exchange.accepted_creates(i.client_id) == 1
     assert exchange.fault_counts["outside_order"] == 1
+
+
+def test_an_ip_ban_stops_all_http_for_ten_minutes_and_the_intent_expires_unsent(journal, exchange, clock):
+    # HTTP 403 is Bybit's IP limit: refused before processing, and no request may leave for ten minutes
+    exchange.inject(Fault.http_error(403, path=CREATE))
+    i = planned(journal, "BTCUSDT", "buy", "0.004")
+    om = manager(journal, exchange, clock)
+    done = om.send(i)
+    assert done.state is IntentState.EXPIRED and "HTTP 403" in done.status_reason
+    assert exchange.requests[CREATE] == 1 and exchange.accepted_creates(i.client_id) == 0
+    assert om.gateway.blocked_until == clock() + pd.Timedelta("10min")
+    clock.advance("10min")
+    assert om.gateway.positions() == {}                 # the ban is over: HTTP again

@@ -11,33 +11,22 @@ from decimal import Decimal
 import pandas as pd
 import pytest
 
-from trade_matrix.core import ManualClock
+from trade_matrix.core import TemporaryExchangeError
 from trade_matrix.execution.bybit import BybitGateway
 from trade_matrix.execution.journal import Intent, IntentState, open_journal
 from trade_matrix.execution.manager import OrderManager, OrderManagerConfig
 from trade_matrix.execution.orders import Order, OrderSide
 from trade_matrix.execution.paper import PaperExchange
-from trade_matrix.testing.bybit_exchange import BybitExchange
 
 KEY, SECRET = "key", "secret"
 BAR = pd.Timestamp("2024-03-01T00:00Z")
+# the clock and the exchange: the shared fixtures of conftest.py
 STEPS = [("BTCUSDT", "buy", "0.010", "61234.5"), ("ETHUSDT", "sell", "0.37", "3333.33"),
          ("BTCUSDT", "sell", "0.015", "60500"), ("ETHUSDT", "buy", "0.37", "3290.01")]
 
 
-@pytest.fixture
-def clock():
-    return ManualClock(BAR + pd.Timedelta("4h1min"))
-
-
-@pytest.fixture
-def exchange(clock):
-    with BybitExchange(clock, api_keys={KEY: SECRET}, initial_cash=Decimal("100000")) as ex:
-        yield ex
-
-
 def manager(journal, exchange, clock):
-    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5)
+    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5, clock=clock)
     return OrderManager(journal, gateway, OrderManagerConfig(lookup_pause_s=0), clock=clock, sleep=lambda s: None)
 
 
@@ -76,8 +65,8 @@ def test_a_restart_with_an_intent_left_sending_finds_it_instead_of_sending_again
     journal.record_bar("run-1", BAR, [i])
     journal.transition(i.client_id, "SENDING")
     exchange.drop_response("/v5/order/create")
-    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5)
-    with pytest.raises(Exception):
+    gateway = BybitGateway(KEY, SECRET, endpoint=exchange.url, timeout=5, clock=clock)
+    with pytest.raises(TemporaryExchangeError):
         gateway.place(journal.intent(i.client_id))            # the answer never came back
     journal.close()
     # Act: a new process on the same journal

@@ -28,9 +28,9 @@ from .loopback import Fault, LoopbackServer
 from ..core import system_clock, to_ms
 
 # %% auto #0
-__all__ = ['EXCHANGE_FAULT_KINDS', 'BybitExchange', 'ExchangeFault', 'PartialFill']
+__all__ = ['WEEK_MS', 'EXCHANGE_FAULT_KINDS', 'BybitExchange', 'ExchangeFault', 'PartialFill']
 
-# %% ../../nbs/52_testing_bybit_exchange.ipynb #5df572ad
+# %% ../../nbs/52_testing_bybit_exchange.ipynb #718e3aa7
 class BybitExchange(BybitLoopback):
     "A loopback Bybit v5 with one simulated linear, one-way account: orders, executions, positions, wallet."
     PRIVATE_ROUTES = (("POST", "/v5/order/create", "_create"), ("POST", "/v5/order/cancel", "_cancel"),
@@ -69,6 +69,7 @@ class BybitExchange(BybitLoopback):
         self._exchange_faults: deque[ExchangeFault] = deque()
         self.fault_counts: Counter[str] = Counter()          # faults served, by kind
         self.clock_skew_ms = 0                                # server clock minus the client's, for signatures
+        self.instrument_status: dict[str, str] = {}           # symbol -> status when not Trading (set_status)
         self._skewed_requests: int | None = None              # None: the skew stays; n: it lasts n more requests
         self._partials: deque[PartialFill] = deque()
         self._down_until: pd.Timestamp | None = None          # down until this time of the simulated clock
@@ -110,7 +111,7 @@ def position(self: BybitExchange, symbol: str) -> Decimal:
     with self._book:
         return self.ledger.position(symbol)
 
-# %% ../../nbs/52_testing_bybit_exchange.ipynb #0468f9d4
+# %% ../../nbs/52_testing_bybit_exchange.ipynb #47d6b1a8
 @patch
 def _validate_create(self: BybitExchange, params: dict) -> tuple:
     if params.get("category") != "linear":
@@ -119,6 +120,8 @@ def _validate_create(self: BybitExchange, params: dict) -> tuple:
     spec = self.instruments.get(symbol) if isinstance(symbol, str) else None
     if spec is None:
         raise BybitRefusal(10001, f"params error: symbol invalid: {symbol!r}")
+    if symbol in self.instrument_status:                 # the code Bybit uses here is unconfirmed (README)
+        raise BybitRefusal(10001, f"params error: {symbol} is {self.instrument_status[symbol]}, not Trading")
     side = params.get("side")
     if side not in ("Buy", "Sell"):
         raise BybitRefusal(10001, f"params error: side invalid: {side!r}")
@@ -299,12 +302,26 @@ def _history(self: BybitExchange, params: dict, api_key: str) -> dict:
         rows, cursor = page(self._find(params), limit, params.get("cursor"))
         return {"category": "linear", "list": [o.to_bybit() for o in rows], "nextPageCursor": cursor}
 
-# %% ../../nbs/52_testing_bybit_exchange.ipynb #e024e661
+# %% ../../nbs/52_testing_bybit_exchange.ipynb #d57b3f92
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+def _window(start: int | None, end: int | None, now: int) -> tuple[int, int]:
+    "Bybit's 7-day rule for `/v5/execution/list`: neither bound is the last 7 days, one bound the 7 days from or to it."
+    if start is None and end is None:
+        return now - WEEK_MS, now
+    if end is None:
+        return start, start + WEEK_MS
+    if start is None:
+        return end - WEEK_MS, end
+    if end - start > WEEK_MS or end < start:
+        raise BybitRefusal(10001, "The time range between startTime and endTime cannot exceed 7 days.")
+    return start, end
+
 @patch
 def _execution_list(self: BybitExchange, params: dict, api_key: str) -> dict:
     _linear(params)
     limit = _limit(params, 50, 100)
-    start, end = self._int_param(params, "startTime", 0), self._int_param(params, "endTime", 2**63)
+    start, end = _window(self._int_param(params, "startTime", None), self._int_param(params, "endTime", None), self.now_ms())
     with self._book:
         rows = [e for e in self.executions if start <= e.time_ms <= end
                 and all(not params.get(k) or params[k] == v for k, v in
@@ -352,12 +369,13 @@ def _wallet_balance(self: BybitExchange, params: dict, api_key: str) -> dict:
                       "totalPerpUPL": str(upnl), "totalInitialMargin": str(im), "totalMaintenanceMargin": "0",
                       "accountIMRate": "", "accountMMRate": "", "accountLTV": "", "coin": [coin]}]}
 
-# %% ../../nbs/52_testing_bybit_exchange.ipynb #632d7a93
+# %% ../../nbs/52_testing_bybit_exchange.ipynb #f48d9d2f
 @patch
 def instrument_info(self: BybitExchange, symbol: str) -> dict:
     "One instrument in `/v5/market/instruments-info`'s shape."
     s = self.instruments[symbol]
-    return {"symbol": symbol, "contractType": "LinearPerpetual", "status": "Trading", "baseCoin": symbol[:-4],
+    return {"symbol": symbol, "contractType": "LinearPerpetual", "status": self.instrument_status.get(symbol, "Trading"),
+            "baseCoin": symbol[:-4],
             "quoteCoin": "USDT", "settleCoin": "USDT", "launchTime": "0", "deliveryTime": "0", "priceScale": "",
             "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
             "priceFilter": {"minPrice": str(s.tick_size), "maxPrice": "1999999.80", "tickSize": str(s.tick_size)},
@@ -374,13 +392,22 @@ async def _instruments_info(self: BybitExchange, request):
         symbol = q.get("symbol")
         if symbol and symbol not in self.instruments:
             return self.ok({"category": "linear", "list": [], "nextPageCursor": ""})
-        if q.get("status", "Trading") != "Trading":
-            return self.ok({"category": "linear", "list": [], "nextPageCursor": ""})
+        wanted = q.get("status") or (None if symbol else "Trading")   # Bybit: one symbol answers whatever its status
         limit = _limit(dict(q), 500, 1000)
     except BybitRefusal as e:
         return self.refuse(e.code, e.message)
     symbols = [symbol] if symbol else sorted(self.instruments)[:limit]
-    return self.ok({"category": "linear", "list": [self.instrument_info(s) for s in symbols], "nextPageCursor": ""})
+    rows = [self.instrument_info(s) for s in symbols]
+    return self.ok({"category": "linear", "list": [r for r in rows if wanted in (None, r["status"])], "nextPageCursor": ""})
+
+@patch
+def set_status(self: BybitExchange, symbol: str, status: str = "Trading") -> None:
+    "The instrument's status (`Trading`, `Settling`, `Delivering`, `Closed`, `PreLaunch`); orders need `Trading`."
+    with self._lock:
+        if status == "Trading":
+            self.instrument_status.pop(symbol, None)
+        else:
+            self.instrument_status[symbol] = status
 
 @patch
 def _add_routes(self: BybitExchange, app):
@@ -498,7 +525,7 @@ def rate_limit(self: BybitExchange, path: str | None = "/v5/order/create", times
     with self._lock:
         self._exchange_faults.extend([ExchangeFault("rate_limit", path, reset_after_ms=reset_after_ms)] * times)
 
-# %% ../../nbs/52_testing_bybit_exchange.ipynb #b2b8b388
+# %% ../../nbs/52_testing_bybit_exchange.ipynb #69c5bbdc
 @patch
 def set_clock_skew(self: BybitExchange, ms: int,               # server clock minus the client's, in ms
                    requests: int | None = None,               # None: until changed; n: the next n signed requests
@@ -508,22 +535,32 @@ def set_clock_skew(self: BybitExchange, ms: int,               # server clock mi
         self.clock_skew_ms, self._skewed_requests = int(ms), requests
 
 @patch
-def authenticate(self: BybitExchange, request, payload: str) -> str:
-    "The loopback's signature check, against the machine's clock moved by the injected skew."
+def signature_ms(self: BybitExchange) -> int:
+    "The machine's clock moved by the injected skew (for `requests` signed requests, or until changed)."
     with self._lock:
         skew = self.clock_skew_ms
         if skew and self._skewed_requests is not None:
             self._skewed_requests -= 1
             if self._skewed_requests <= 0:
                 self.clock_skew_ms, self._skewed_requests = 0, None
-    ts, recv = request.headers.get("X-BAPI-TIMESTAMP", ""), request.headers.get("X-BAPI-RECV-WINDOW", "5000")
-    server_ts = to_ms(system_clock()) + skew
-    if skew and ts.isdigit() and recv.isdigit() and not server_ts - int(recv) <= int(ts) < server_ts + 1000:
-        with self._lock:
-            self.fault_counts["clock_skew"] += 1
-        raise BybitRefusal(10002, f"invalid request, please check your server timestamp or recv_window param. "
-                                  f"req_timestamp[{ts}],server_timestamp[{server_ts}],recv_window[{recv}]")
-    return BybitLoopback.authenticate(self, request, payload)
+    return to_ms(system_clock()) + skew
+
+@patch
+def authenticate(self: BybitExchange, request, payload: str) -> str:
+    "The loopback's signature check against the skewed clock, with refusals counted."
+    try:
+        return BybitLoopback.authenticate(self, request, payload)
+    except BybitRefusal as refusal:
+        if refusal.code == 10002:
+            with self._lock:
+                self.fault_counts["clock_skew"] += 1
+        raise
+
+@patch
+async def _time(self: BybitExchange, request):
+    "`/v5/market/time`: the simulated clock moved by the injected skew (the server's clock)."
+    now = self.now_ms() + self.clock_skew_ms
+    return self.ok({"timeSecond": str(now // 1000), "timeNano": str(now * 1_000_000)})
 
 # %% ../../nbs/52_testing_bybit_exchange.ipynb #b3e26656
 @patch
