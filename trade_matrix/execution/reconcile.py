@@ -56,18 +56,19 @@ class ReconcileReport:
         "False when someone else has orders open on the account: refuse to trade."
         return not self.outside_orders
 
-# %% ../../nbs/58_execution_reconcile.ipynb #dd4c583f
+# %% ../../nbs/58_execution_reconcile.ipynb #9aba344e
 def _executions(journal: Journal, gateway, since: pd.Timestamp, prefix: str) -> tuple[list, list, list, pd.Timestamp | None]:
     "Executions since `since`: (recovered, outside, problems, latest time fetched); ours the journal missed are recorded once."
+    fetched = gateway.executions_since(since)
+    recorded, ours = journal.known([e for e, _, _ in fetched], [link for _, link, _ in fetched if link.startswith(prefix)])
     recovered, outside, problems, latest = [], [], [], None
-    for exec_id, link, fill in gateway.executions_since(since):
+    for exec_id, link, fill in fetched:
         latest = fill.time if latest is None else max(latest, fill.time)
-        ours = journal.intent(link) if link.startswith(prefix) else None
-        if ours is None:
+        if link not in ours:
             outside.append(exec_id)
             problems.append(f"outside execution {exec_id}: {fill.side.value} {fill.quantity} {fill.symbol} at {fill.price} "
                             f"(order link id {link or 'none'}) is not one of this trader's intents")
-        elif journal.add_fill(exec_id, link, fill):
+        elif exec_id not in recorded and journal.add_fill(exec_id, link, fill):
             recovered.append(exec_id)
     return recovered, outside, problems, latest
 
@@ -118,8 +119,7 @@ def reconcile(journal: Journal, gateway,
     problems += [f"open order {oid} on {symbol} (link id {link or 'none'}) is not this trader's: the account is not "
                  "dedicated; cancel it or use another account" for link, symbol, oid in outside_orders]
     recovered, unsettled, quiet = _in_flight(journal, gateway, run_id)
-    first = min((i.bar_time for i in journal.intents(run_id=run_id)), default=now)
-    read_from = since if since is not None else first
+    read_from = since if since is not None else (journal.first_bar(run_id) or now)
     more, outside, found, latest = _executions(journal, gateway, read_from - pd.Timedelta(config.overlap), config.prefix)
     recovered, problems = recovered + more, problems + found
     venue, ours = gateway.positions(), journal.positions(run_id)
@@ -131,7 +131,7 @@ def reconcile(journal: Journal, gateway,
     return ReconcileReport(now, skew, venue, ours, recovered, [o[0] or o[2] for o in outside_orders], outside, problems,
                            cursor, unsettled, [s for s, _ in not_trading], quiet)
 
-# %% ../../nbs/58_execution_reconcile.ipynb #ef22706e
+# %% ../../nbs/58_execution_reconcile.ipynb #f7ada351
 def _nothing(report: ReconcileReport, reason: str) -> None:
     "The default: no action on a problem."
 
@@ -168,6 +168,9 @@ class Reconciler:
         report = reconcile(self.journal, self.gateway, self.run_id, self.cursor, self.config, self.clock, self.symbols)
         self.last, self.cursor, self._reconnected = report, report.cursor, False
         if not report.ok:
+            self.journal.record_event(self.run_id, report.time, "reconciliation", {
+                "reason": reason, "problems": report.problems, "adopted": report.adopted,
+                "journal": report.journal_positions, "skew_ms": report.skew_ms})
             self.on_problem(report, reason)
         return report
 
