@@ -19,18 +19,30 @@ from .orders import Fill, OrderSide
 
 # %% auto #0
 __all__ = ['FATAL_CODES', 'REJECTED_CODES', 'DUPLICATE_CODE', 'RETRY_SAME_ID_CODES', 'AMBIGUOUS_CODES', 'ENDPOINTS', 'WEEK_MS',
-           'IP_BAN', 'classify', 'BybitGateway']
+           'IP_BAN', 'Rejected', 'classify', 'BybitGateway']
 
-# %% ../../nbs/57_execution_bybit.ipynb #f1377d72
+# %% ../../nbs/57_execution_bybit.ipynb #fbe4bb66
 FATAL_CODES = frozenset({10003, 10004, 10005, 10010, 33004})
 REJECTED_CODES = frozenset({10001, 110004, 110007, 110012, 110017, 110094})
 DUPLICATE_CODE = 110072
 RETRY_SAME_ID_CODES = frozenset({10002, 10006})
 AMBIGUOUS_CODES = frozenset({10000, 10016, 10429})
 
-def classify(code: int) -> str:
+class Rejected(ExchangeError):
+    "Bybit refused the order definitively (10001, 110004, 110007, 110012, 110017, 110094): nothing was created."
+
+def _as_code(code) -> int | None:
+    "A retCode as an int (None when it is not a plain integer: an answer we cannot classify)."
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    text = str(code).strip()
+    return int(text) if text.isascii() and text.lstrip("-").isdigit() else None
+
+def classify(code) -> str:
     "The kind of a Bybit retCode: fatal, rejected, duplicate, retry or ambiguous (unknown codes are ambiguous)."
-    code = int(code)
+    code = _as_code(code)
     if code in FATAL_CODES:
         return "fatal"
     if code in REJECTED_CODES:
@@ -46,63 +58,115 @@ def _raise_for(error: Exception, what: str):
     from pybit.exceptions import FailedRequestError, InvalidRequestError
     if isinstance(error, InvalidRequestError):
         kind = classify(error.status_code)
-        text = f"{what}: Bybit {error.status_code} {error.message}"
+        text = f"{what}: Bybit {str(error.status_code)[:20]} {str(error.message)[:300]}"
         if kind == "fatal":
             raise FatalError(f"{text}; check the API key, its permissions and IP whitelist, and the environment") from None
         if kind == "duplicate":
             raise DuplicateClientId(text) from None
         if kind == "retry":                                    # refused before processing: nothing was created
-            headers = {str(k).lower(): v for k, v in dict(error.resp_headers or {}).items()}
-            reset = headers.get("x-bapi-limit-reset-timestamp")
-            raise NotProcessed(text, retry_at_ms=int(reset) if str(reset or "").isdigit() else None) from None
+            try:
+                headers = {str(k).lower(): v for k, v in dict(error.resp_headers or {}).items()}
+            except (TypeError, ValueError):
+                headers = {}
+            reset = _as_code(headers.get("x-bapi-limit-reset-timestamp", ""))
+            raise NotProcessed(text, retry_at_ms=reset if reset is not None and reset > 0 else None) from None
         if kind == "ambiguous":
             raise TemporaryExchangeError(text) from None
-        raise ExchangeError(text) from None                    # rejected: the caller answers REJECTED
+        raise Rejected(text) from None                         # the caller answers REJECTED
     if isinstance(error, FailedRequestError):
         raise TemporaryExchangeError(f"{what}: HTTP {error.status_code} {error.message}") from None
     raise TemporaryExchangeError(f"{what}: {type(error).__name__}: {error}") from None
 
-# %% ../../nbs/57_execution_bybit.ipynb #88a0a02a
+# %% ../../nbs/57_execution_bybit.ipynb #7172a85c
 _STATUS = {"Created": IntentState.ACKED, "New": IntentState.ACKED, "Untriggered": IntentState.ACKED,
            "PartiallyFilled": IntentState.PARTIALLY_FILLED, "Filled": IntentState.FILLED,
            "Cancelled": IntentState.CANCELLED, "PartiallyFilledCanceled": IntentState.CANCELLED,
            "Deactivated": IntentState.CANCELLED, "Rejected": IntentState.REJECTED}
 
-def _decimal(doc: dict, key: str, what: str) -> Decimal:
-    "An exact Decimal from a Bybit string field (ExchangeError naming the field when missing or not a number)."
-    try:
-        v = Decimal(str(doc[key]))
-    except (KeyError, TypeError, InvalidOperation):
-        raise ExchangeError(f"malformed Bybit answer to {what}: field {key!r} is {doc.get(key, 'missing')!r}, not a number") from None
-    if not v.is_finite():
-        raise ExchangeError(f"malformed Bybit answer to {what}: field {key!r} is {v}")
-    return v
+def _malformed(what: str, problem: str) -> ExchangeError:
+    return ExchangeError(f"malformed Bybit answer to {what}: {problem}")
 
 def _field(doc, key: str, what: str):
+    "`doc[key]` (ExchangeError naming the key when `doc` is not an object or has no such key)."
     if not isinstance(doc, dict) or key not in doc:
-        raise ExchangeError(f"malformed Bybit answer to {what}: no {key!r} in {str(doc)[:200]}")
+        raise _malformed(what, f"no {key!r} in {str(doc)[:200]}")
     return doc[key]
+
+def _text(doc, key: str, what: str, empty: bool = False) -> str:
+    "A string field (numbers Bybit sometimes sends bare are read as their text; anything else is malformed)."
+    v = _field(doc, key, what)
+    if isinstance(v, bool) or not isinstance(v, str | int) or (not empty and str(v) == ""):
+        raise _malformed(what, f"field {key!r} is {v!r}, not text")
+    return str(v)
+
+def _object(doc, key: str, what: str) -> dict:
+    "A field that must be a JSON object."
+    v = _field(doc, key, what)
+    if not isinstance(v, dict):
+        raise _malformed(what, f"field {key!r} is {str(v)[:100]!r}, not an object")
+    return v
+
+def _entries(doc, what: str) -> list[dict]:
+    "The `list` of a result: a list of objects (anything else is malformed, never read as empty)."
+    v = _field(doc, "list", what)
+    if not isinstance(v, list) or not all(isinstance(e, dict) for e in v):
+        raise _malformed(what, f"'list' is {str(v)[:200]!r}, not a list of objects")
+    return v
+
+def _cursor(doc, what: str) -> str | None:
+    "The next page's cursor (None: the last page)."
+    v = doc.get("nextPageCursor")
+    if v in (None, ""):
+        return None
+    if not isinstance(v, str):
+        raise _malformed(what, f"nextPageCursor is {v!r}, not text")
+    return v
+
+def _decimal(doc: dict, key: str, what: str, positive: bool = False, at_least_zero: bool = False) -> Decimal:
+    "An exact Decimal from a Bybit string field (ExchangeError naming the field when missing or not a number)."
+    raw = _field(doc, key, what)
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise TypeError
+        v = Decimal(str(raw))
+    except (TypeError, InvalidOperation):
+        raise _malformed(what, f"field {key!r} is {str(raw)[:60]!r}, not a number") from None
+    if not v.is_finite():
+        raise _malformed(what, f"field {key!r} is {v}")
+    if (positive and v <= 0) or (at_least_zero and v < 0):
+        raise _malformed(what, f"field {key!r} is {v}, not {'positive' if positive else 'zero or more'}")
+    return v
+
+def _millis(doc: dict, key: str, what: str) -> pd.Timestamp:
+    "A time in epoch milliseconds (between 2015 and 2100, else malformed)."
+    ms = _decimal(doc, key, what)
+    if ms != ms.to_integral_value() or not 1_420_070_400_000 <= ms < 4_102_444_800_000:
+        raise _malformed(what, f"field {key!r} is {ms}, not a time in milliseconds")
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC")
 
 def _order(doc: dict, executions: tuple, what: str) -> VenueOrder:
     "A `VenueOrder` from one entry of `/v5/order/realtime` or `/v5/order/history`."
-    status = _field(doc, "orderStatus", what)
+    status = _text(doc, "orderStatus", what)
     if status not in _STATUS:
-        raise ExchangeError(f"malformed Bybit answer to {what}: unknown orderStatus {status!r}")
-    why = f"{status}" + (f" ({doc.get('cancelType')})" if doc.get("cancelType") not in (None, "", "UNKNOWN") else "") \
-          + (f": {doc.get('rejectReason')}" if doc.get("rejectReason") not in (None, "", "EC_NoError") else "")
-    return VenueOrder(_field(doc, "orderLinkId", what), _STATUS[status], str(_field(doc, "orderId", what)), executions, why)
+        raise _malformed(what, f"unknown orderStatus {status!r}")
+    reason = lambda key, quiet: doc.get(key) if isinstance(doc.get(key), str) and doc.get(key) not in quiet else None
+    why = status + (f" ({reason('cancelType', ('', 'UNKNOWN'))})" if reason("cancelType", ("", "UNKNOWN")) else "") \
+          + (f": {reason('rejectReason', ('', 'EC_NoError'))}" if reason("rejectReason", ("", "EC_NoError")) else "")
+    return VenueOrder(_text(doc, "orderLinkId", what), _STATUS[status], _text(doc, "orderId", what), executions, why)
 
 def _execution(doc: dict, client_id: str, what: str) -> tuple[str, Fill]:
     "(execId, Fill) from one entry of `/v5/execution/list`."
-    side = _field(doc, "side", what)
+    side = _text(doc, "side", what)
     if side not in ("Buy", "Sell"):
-        raise ExchangeError(f"malformed Bybit answer to {what}: side {side!r}")
-    ms = _decimal(doc, "execTime", what)
-    fill = Fill(client_id, _field(doc, "symbol", what), OrderSide(side.lower()), _decimal(doc, "execQty", what),
-                _decimal(doc, "execPrice", what), _decimal(doc, "execFee", what), pd.Timestamp(int(ms), unit="ms", tz="UTC"))
-    return str(_field(doc, "execId", what)), fill
+        raise _malformed(what, f"side {side!r}")
+    fill = Fill(client_id, _text(doc, "symbol", what), OrderSide(side.lower()), _decimal(doc, "execQty", what, positive=True),
+                _decimal(doc, "execPrice", what, positive=True), _decimal(doc, "execFee", what), _millis(doc, "execTime", what))
+    exec_id = _field(doc, "execId", what)
+    if not isinstance(exec_id, str) or not exec_id:
+        raise _malformed(what, f"execId {exec_id!r} is not text: executions could not be counted once")
+    return exec_id, fill
 
-# %% ../../nbs/57_execution_bybit.ipynb #a27f5bf4
+# %% ../../nbs/57_execution_bybit.ipynb #36269cab
 ENDPOINTS = {"testnet": "https://api-testnet.bybit.com", "demo": "https://api-demo.bybit.com",
              "live": "https://api.bybit.com"}
 WEEK_MS = 7 * 24 * 3600 * 1000           # the longest range `/v5/execution/list` answers
@@ -111,7 +175,7 @@ IP_BAN = pd.Timedelta("10min")             # Bybit's answer to too many requests
 def _code(error: Exception) -> int | None:
     "The Bybit retCode of a pybit InvalidRequestError (None for anything else)."
     from pybit.exceptions import InvalidRequestError
-    return int(error.status_code) if isinstance(error, InvalidRequestError) and str(error.status_code).lstrip("-").isdigit() else None
+    return _as_code(error.status_code) if isinstance(error, InvalidRequestError) else None
 
 def _http_status(error: Exception) -> int | None:
     "The HTTP status of a pybit FailedRequestError (None for anything else)."
@@ -168,7 +232,7 @@ class BybitGateway:
     def __repr__(self):
         return f"BybitGateway({self.environment}, {self.http.endpoint})"
 
-# %% ../../nbs/57_execution_bybit.ipynb #3e3770a7
+# %% ../../nbs/57_execution_bybit.ipynb #af6be404
 @patch
 def place(self: BybitGateway, intent: Intent) -> VenueOrder:
     "A market order for `intent` under its client id, read back with its executions."
@@ -178,15 +242,19 @@ def place(self: BybitGateway, intent: Intent) -> VenueOrder:
                             side="Buy" if intent.side is OrderSide.BUY else "Sell", orderType="Market",
                             qty=str(intent.quantity), orderLinkId=intent.client_id, reduceOnly=intent.reduce_only,
                             positionIdx=0)
+    except Rejected as e:
+        return VenueOrder(intent.client_id, IntentState.REJECTED, reason=str(e))
     except (DuplicateClientId, TemporaryExchangeError, FatalError):
         raise
-    except ExchangeError as e:
-        return VenueOrder(intent.client_id, IntentState.REJECTED, reason=str(e))
-    venue_id = str(_field(result, "orderId", what))
+    except ExchangeError as e:                         # accepted (retCode 0) but unreadable: look it up, never assume
+        raise TemporaryExchangeError(f"{what}: the answer could not be read ({e}); the order may exist") from None
     try:
+        venue_id = _text(result, "orderId", what)
         found = self.lookup(intent.client_id, intent.symbol)
-    except TemporaryExchangeError:
-        found = None                                   # accepted; its fills come with the next lookup
+    except (TemporaryExchangeError, ExchangeError) as e:
+        if isinstance(e, FatalError):
+            raise
+        raise TemporaryExchangeError(f"{what}: accepted, but reading it back failed ({e})") from None
     return found or VenueOrder(intent.client_id, IntentState.ACKED, venue_id, (), "accepted")
 
 @patch
@@ -196,9 +264,16 @@ def executions(self: BybitGateway, client_id: str, symbol: str) -> tuple:
     for _ in range(100):                                # 100 pages of 100: far more than one market order has
         result = self._call(what, self.http.get_executions, category="linear", symbol=symbol, orderLinkId=client_id,
                             limit=100, cursor=cursor)
-        out += [_execution(doc, client_id, what) for doc in _field(result, "list", what)]
-        cursor = result.get("nextPageCursor") or None
+        for doc in _entries(result, what):
+            exec_id, fill = _execution(doc, client_id, what)
+            link = doc.get("orderLinkId")
+            if fill.symbol != symbol or link not in (None, "", client_id):
+                raise _malformed(what, f"execution {exec_id} is of {fill.symbol} order {link!r}, not {symbol} {client_id}")
+            out.append((exec_id, fill))
+        cursor = _cursor(result, what)
         if not cursor:
+            if len({e for e, _ in out}) != len(out):
+                raise _malformed(what, "an execution id is listed twice")
             return tuple(sorted(reversed(out), key=lambda e: e[1].time))   # Bybit pages newest first; ties keep its order
     raise ExchangeError(f"{what}: more than 100 pages of executions; refusing to guess the rest")
 
@@ -207,37 +282,51 @@ def lookup(self: BybitGateway, client_id: str, symbol: str) -> VenueOrder | None
     "The order with this client id, open or in the history, with its executions; None when Bybit has none."
     for what, fn in ((f"open orders {client_id}", self.http.get_open_orders),
                      (f"order history {client_id}", self.http.get_order_history)):
-        listed = _field(self._call(what, fn, category="linear", symbol=symbol, orderLinkId=client_id), "list", what)
-        mine = [o for o in listed if isinstance(o, dict) and o.get("orderLinkId") == client_id]
-        if mine:
-            return _order(mine[0], self.executions(client_id, symbol), what)
+        listed = _entries(self._call(what, fn, category="linear", symbol=symbol, orderLinkId=client_id), what)
+        if not listed:
+            continue
+        if len(listed) > 1 or listed[0].get("orderLinkId") != client_id or listed[0].get("symbol", symbol) != symbol:
+            raise _malformed(what, f"asked for {symbol} {client_id}, got {[(o.get('symbol'), o.get('orderLinkId')) for o in listed][:5]}")
+        executions = self.executions(client_id, symbol)
+        order = _order(listed[0], executions, what)
+        if "cumExecQty" in listed[0]:                  # the executions must add up to what the order says it filled
+            cum, got = _decimal(listed[0], "cumExecQty", what, at_least_zero=True), sum((f.quantity for _, f in executions), Decimal(0))
+            if got != cum:
+                raise TemporaryExchangeError(f"{what}: the order filled {cum} but its executions add up to {got} "
+                                             "(the execution list lags or was cut short); looking again later")
+        return order
     return None
 
-# %% ../../nbs/57_execution_bybit.ipynb #af58e5e1
+# %% ../../nbs/57_execution_bybit.ipynb #66115c5d
 @patch
 def instruments(self: BybitGateway, symbols: list[str]) -> dict[str, InstrumentSpec]:
     "The trading rules of `symbols` from Bybit (ConfigError for an unknown symbol or one not trading)."
     out = {}
     for s in symbols:
         what = f"instruments-info {s}"
-        listed = _field(self._call(what, self.http.get_instruments_info, category="linear", symbol=s), "list", what)
-        doc = next((d for d in listed if isinstance(d, dict) and d.get("symbol") == s), None)
+        listed = _entries(self._call(what, self.http.get_instruments_info, category="linear", symbol=s), what)
+        doc = next((d for d in listed if d.get("symbol") == s), None)
         if doc is None:
             raise ConfigError(f"{s} is not a Bybit linear instrument ({self.environment})")
         if doc.get("status") != "Trading":
-            raise ConfigError(f"{s} is {doc.get('status')!r} on Bybit, not Trading: nothing will be sent for it")
-        lot, price = _field(doc, "lotSizeFilter", what), _field(doc, "priceFilter", what)
-        out[s] = InstrumentSpec(symbol=s, tick_size=_decimal(price, "tickSize", what), lot_size=_decimal(lot, "qtyStep", what),
-                                min_qty=_decimal(lot, "minOrderQty", what),
-                                min_notional=_decimal(lot, "minNotionalValue", what) if "minNotionalValue" in lot else Decimal(0))
+            raise ConfigError(f"{s} is {str(doc.get('status'))[:40]!r} on Bybit, not Trading: nothing will be sent for it")
+        lot, price = _object(doc, "lotSizeFilter", what), _object(doc, "priceFilter", what)
+        out[s] = InstrumentSpec(symbol=s, tick_size=_decimal(price, "tickSize", what, positive=True),
+                                lot_size=_decimal(lot, "qtyStep", what, positive=True),
+                                min_qty=_decimal(lot, "minOrderQty", what, positive=True),
+                                min_notional=_decimal(lot, "minNotionalValue", what, at_least_zero=True)
+                                if "minNotionalValue" in lot else Decimal(0))
     return out
 
-# %% ../../nbs/57_execution_bybit.ipynb #b6b905ca
+# %% ../../nbs/57_execution_bybit.ipynb #a9026cc2
 @patch
 def server_time(self: BybitGateway) -> pd.Timestamp:
     "Bybit's clock (`/v5/market/time`)."
     result = self._call("server time", self.http.get_server_time)
-    return pd.Timestamp(int(_decimal(result, "timeNano", "server time")), unit="ns", tz="UTC")
+    nanos = _decimal(result, "timeNano", "server time")
+    if nanos != nanos.to_integral_value() or not 1_420_070_400 * 10**9 <= nanos < 4_102_444_800 * 10**9:
+        raise _malformed("server time", f"timeNano {nanos} is not a time")
+    return pd.Timestamp(int(nanos), unit="ns", tz="UTC")
 
 @patch
 def sync_clock(self: BybitGateway) -> int:
@@ -254,9 +343,9 @@ def open_orders(self: BybitGateway) -> list[tuple[str, str, str]]:
     what, out, cursor = "open orders", [], None
     for _ in range(100):
         result = self._call(what, self.http.get_open_orders, category="linear", settleCoin="USDT", limit=50, cursor=cursor)
-        out += [(str(o.get("orderLinkId") or ""), str(_field(o, "symbol", what)), str(_field(o, "orderId", what)))
-                for o in _field(result, "list", what)]
-        cursor = result.get("nextPageCursor") or None
+        out += [(_text(o, "orderLinkId", what, empty=True) if o.get("orderLinkId") is not None else "",
+                 _text(o, "symbol", what), _text(o, "orderId", what)) for o in _entries(result, what)]
+        cursor = _cursor(result, what)
         if not cursor:
             return out
     raise ExchangeError(f"{what}: more than 100 pages; refusing to guess the rest")
@@ -272,39 +361,48 @@ def executions_since(self: BybitGateway, start: pd.Timestamp) -> list[tuple[str,
         for _ in range(1000):
             result = self._call(what, self.http.get_executions, category="linear", startTime=window_start,
                                 endTime=window_end, limit=100, cursor=cursor)
-            for doc in _field(result, "list", what):
-                link = str(doc.get("orderLinkId") or "") if isinstance(doc, dict) else ""
+            for doc in _entries(result, what):
+                link = _text(doc, "orderLinkId", what, empty=True) if doc.get("orderLinkId") is not None else ""
                 exec_id, fill = _execution(doc, link, what)
                 out.append((exec_id, link, fill))
-            cursor = result.get("nextPageCursor") or None
+            cursor = _cursor(result, what)
             if not cursor:
                 break
         else:
             raise ExchangeError(f"{what}: more than 1,000 pages in the week from {iso(pd.Timestamp(window_start, unit='ms', tz='UTC'))}; "
                                 "refusing to guess the rest")
         window_start = window_end + 1
+    if len({e for e, _, _ in out}) != len(out):
+        raise _malformed(what, "an execution id is listed twice")
     return sorted(reversed(out), key=lambda e: e[2].time)           # oldest first; ties keep Bybit's order
 
 @patch
 def positions(self: BybitGateway) -> dict[str, Decimal]:
-    "Signed position per linear USDT symbol (flat ones left out), exactly as Bybit reports them."
-    what, out = "positions", {}
-    for p in _field(self._call(what, self.http.get_positions, category="linear", settleCoin="USDT"), "list", what):
-        size, side = _decimal(p, "size", what), _field(p, "side", what)
-        if str(p.get("positionIdx", 0)) != "0":
-            raise ConfigError(f"{p.get('symbol')} is held in hedge mode (positionIdx {p.get('positionIdx')}); the trader "
-                              "needs one-way mode: switch the account's linear USDT position mode to one-way")
-        if size and side not in ("Buy", "Sell"):
-            raise ExchangeError(f"malformed Bybit answer to {what}: {p.get('symbol')} has size {size} and side {side!r}")
-        if size:
-            out[str(_field(p, "symbol", what))] = size if side == "Buy" else -size
-    return out
+    "Signed position per linear USDT symbol (flat ones left out), exactly as Bybit reports them, across pages."
+    what, out, cursor = "positions", {}, None
+    for _ in range(100):
+        result = self._call(what, self.http.get_positions, category="linear", settleCoin="USDT", limit=200, cursor=cursor)
+        for p in _entries(result, what):
+            symbol, size, side = _text(p, "symbol", what), _decimal(p, "size", what, at_least_zero=True), p.get("side")
+            if str(p.get("positionIdx", 0)) != "0":
+                raise ConfigError(f"{symbol} is held in hedge mode (positionIdx {str(p.get('positionIdx'))[:10]}); the trader "
+                                  "needs one-way mode: switch the account's linear USDT position mode to one-way")
+            if symbol in out:
+                raise _malformed(what, f"{symbol} is listed twice")
+            if size and side not in ("Buy", "Sell"):
+                raise _malformed(what, f"{symbol} has size {size} and side {str(side)[:20]!r}")
+            out[symbol] = size if side == "Buy" else -size
+        cursor = _cursor(result, what)
+        if not cursor:
+            return {s: q for s, q in out.items() if q}
+    raise ExchangeError(f"{what}: more than 100 pages; refusing to guess the rest")
 
 @patch
 def wallet(self: BybitGateway) -> dict[str, Decimal]:
     "The UNIFIED account's equity and available balance."
     what = "wallet balance"
-    accounts = _field(self._call(what, self.http.get_wallet_balance, accountType="UNIFIED"), "list", what)
+    accounts = _entries(self._call(what, self.http.get_wallet_balance, accountType="UNIFIED"), what)
     if not accounts:
-        raise ExchangeError(f"malformed Bybit answer to {what}: no UNIFIED account")
-    return {"equity": _decimal(accounts[0], "totalEquity", what), "available": _decimal(accounts[0], "totalAvailableBalance", what)}
+        raise _malformed(what, "no UNIFIED account")
+    return {"equity": _decimal(accounts[0], "totalEquity", what),
+            "available": _decimal(accounts[0], "totalAvailableBalance", what)}
