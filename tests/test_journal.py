@@ -110,9 +110,14 @@ def test_a_corrupt_intent_row_is_a_clear_error(tmp_path):
     j.begin_run("run-1", 0, "paper")
     j.record_bar("run-1", BAR, [_intent()])
     j._execute("UPDATE intents SET quantity = 'lots' WHERE client_id = ?", ("tm0-1c8b2a0-BTCUSDT-0",))
-    with pytest.raises(JournalError, match="journal row of intent tm0-1c8b2a0-BTCUSDT-0 is corrupt"):
+    with pytest.raises(JournalError, match="journal table intents, row tm0-1c8b2a0-BTCUSDT-0: column quantity is 'lots'"):
         j.open_intents()
     j._execute("UPDATE intents SET quantity = '0.005', state = 'HALF_SENT' WHERE client_id = ?", ("tm0-1c8b2a0-BTCUSDT-0",))
-    with pytest.raises(JournalError, match="corrupt"):
+    with pytest.raises(JournalError, match="column state is 'HALF_SENT', not one of"):
         j.intent("tm0-1c8b2a0-BTCUSDT-0")
+    j._execute("UPDATE intents SET state = 'PLANNED' WHERE client_id = ?", ("tm0-1c8b2a0-BTCUSDT-0",))
+    j.transition("tm0-1c8b2a0-BTCUSDT-0", "SENDING")
+    j._execute("UPDATE intents SET state = 'PLANNED' WHERE client_id = ?", ("tm0-1c8b2a0-BTCUSDT-0",))   # rolled back
+    with pytest.raises(JournalError, match="column state is 'PLANNED', but its last event says 'SENDING'"):
+        j.open_intents()
     j.close()

@@ -166,7 +166,7 @@ def _execution(doc: dict, client_id: str, what: str) -> tuple[str, Fill]:
         raise _malformed(what, f"execId {exec_id!r} is not text: executions could not be counted once")
     return exec_id, fill
 
-# %% ../../nbs/57_execution_bybit.ipynb #36269cab
+# %% ../../nbs/57_execution_bybit.ipynb #db5c9e0c
 ENDPOINTS = {"testnet": "https://api-testnet.bybit.com", "demo": "https://api-demo.bybit.com",
              "live": "https://api.bybit.com"}
 WEEK_MS = 7 * 24 * 3600 * 1000           # the longest range `/v5/execution/list` answers
@@ -220,7 +220,12 @@ class BybitGateway:
                 answer = fn(**params)
             except Exception as e:                  # pybit and requests raise many types: all are classified
                 if attempt == 0 and _code(e) == 10002:
-                    self.sync_clock()               # refused before processing: resend once on the server's clock
+                    try:                            # refused before processing: resend once on the server's clock
+                        self.sync_clock()
+                    except FatalError:
+                        raise
+                    except ExchangeError as sync_error:
+                        raise NotProcessed(f"{what}: Bybit 10002 (timestamp) and the clock resync failed: {sync_error}") from None
                     continue
                 if _http_status(e) == 403:
                     self.blocked_until = self.clock() + IP_BAN
@@ -232,7 +237,7 @@ class BybitGateway:
     def __repr__(self):
         return f"BybitGateway({self.environment}, {self.http.endpoint})"
 
-# %% ../../nbs/57_execution_bybit.ipynb #af6be404
+# %% ../../nbs/57_execution_bybit.ipynb #def3aaa9
 @patch
 def place(self: BybitGateway, intent: Intent) -> VenueOrder:
     "A market order for `intent` under its client id, read back with its executions."
@@ -250,11 +255,14 @@ def place(self: BybitGateway, intent: Intent) -> VenueOrder:
         raise TemporaryExchangeError(f"{what}: the answer could not be read ({e}); the order may exist") from None
     try:
         venue_id = _text(result, "orderId", what)
+    except ExchangeError as e:                         # retCode 0 without a readable order id: look it up
+        raise TemporaryExchangeError(f"{what}: accepted, but the answer could not be read ({e}); the order may exist") from None
+    try:
         found = self.lookup(intent.client_id, intent.symbol)
-    except (TemporaryExchangeError, ExchangeError) as e:
-        if isinstance(e, FatalError):
-            raise
-        raise TemporaryExchangeError(f"{what}: accepted, but reading it back failed ({e})") from None
+    except FatalError:
+        raise
+    except ExchangeError:                              # confirmed: never sent again; its fills come with a later lookup
+        found = None
     return found or VenueOrder(intent.client_id, IntentState.ACKED, venue_id, (), "accepted")
 
 @patch

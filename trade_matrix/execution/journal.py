@@ -110,7 +110,7 @@ class Intent:
         key = lambda i: (i.client_id, i.run_id, i.bar_time, i.symbol, i.side, i.quantity, i.reduce_only, i.sequence)
         return key(self) == key(other)
 
-# %% ../../nbs/55_execution_journal.ipynb #b676141b
+# %% ../../nbs/55_execution_journal.ipynb #12e87216
 JOURNAL_DDL = (
     """CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL, mode TEXT NOT NULL,
         started_ns BIGINT NOT NULL, config TEXT NOT NULL)""",
@@ -141,6 +141,43 @@ def _ns(t) -> int:
 
 def _time(ns: int) -> pd.Timestamp:
     return pd.Timestamp(int(ns), unit="ns", tz="UTC")
+
+# What a journal read accepts. A row that breaks a rule is a JournalError naming the table, the row's key and
+# the column, never a traceback and never a value read as if it were right.
+_EARLIEST_NS, _LATEST_NS = 1_420_070_400 * 10**9, 4_102_444_800 * 10**9      # 2015-01-01 .. 2100-01-01
+
+def _corrupt(table: str, key, column: str, value, problem: str) -> JournalError:
+    return JournalError(f"journal table {table}, row {key}: column {column} is {str(value)[:60]!r}, {problem}; "
+                        "the journal is damaged: restore it from a backup or repair that row before restarting")
+
+def _read_time(ns, table: str, key, column: str) -> pd.Timestamp:
+    if isinstance(ns, bool) or not isinstance(ns, int) or not _EARLIEST_NS <= ns < _LATEST_NS:
+        raise _corrupt(table, key, column, ns, "not a time between 2015 and 2100")
+    return _time(ns)
+
+def _read_decimal(v, table: str, key, column: str, positive: bool = False) -> Decimal:
+    try:
+        d = Decimal(v) if isinstance(v, str) else None
+    except ArithmeticError:
+        d = None
+    if d is None or not d.is_finite() or (positive and d <= 0):
+        raise _corrupt(table, key, column, v, "not a positive number" if positive else "not a finite number")
+    return d
+
+def _read_json(text, table: str, key, column: str) -> dict:
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise _corrupt(table, key, column, text, "not a JSON object")
+    return doc
+
+def _read_enum(kind, v, table: str, key, column: str):
+    try:
+        return kind(v)
+    except (ValueError, TypeError):
+        raise _corrupt(table, key, column, v, f"not one of {[k.value for k in kind]}") from None
 
 def _json(doc) -> str:
     "Compact JSON of a record; Decimal, timestamps and enums as text, so nothing is silently rounded."
@@ -216,7 +253,7 @@ def open_journal(url: str = "duckdb:///.tm/journal.duckdb",  # duckdb:///path, d
         return Journal(conn, "postgres", _redact(url))
     raise ConfigError(f"journal url must start with duckdb:// or postgresql://, got {_redact(url)!r}")
 
-# %% ../../nbs/55_execution_journal.ipynb #915c6db7
+# %% ../../nbs/55_execution_journal.ipynb #db2ea2bd
 @patch
 def begin_run(self: Journal, run_id: str, epoch: int, mode: str, config: Mapping | None = None, started=None) -> str:
     "Record a trader run (idempotent for the same run id and epoch); returns the run id."
@@ -238,10 +275,12 @@ def run(self: Journal, run_id: str) -> dict | None:
     if not rows:
         return None
     epoch, mode, started, config = rows[0]
-    try:
-        return {"run_id": run_id, "epoch": int(epoch), "mode": mode, "started": _time(started), "config": json.loads(config)}
-    except (ValueError, TypeError) as e:
-        raise JournalError(f"journal row of run {run_id} is corrupt: {e}") from None
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise _corrupt("runs", run_id, "epoch", epoch, "not an integer")
+    if not isinstance(mode, str) or not mode:
+        raise _corrupt("runs", run_id, "mode", mode, "not a mode")
+    return {"run_id": run_id, "epoch": epoch, "mode": mode, "started": _read_time(started, "runs", run_id, "started_ns"),
+            "config": _read_json(config, "runs", run_id, "config")}
 
 @patch
 def _insert_intent(self: Journal, intent: Intent, now_ns: int) -> bool:
@@ -289,18 +328,43 @@ def record_bar(self: Journal, run_id: str, bar_time,
             self._execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (run_id, bar_ns, _json(checkpoint)))
     return added
 
-# %% ../../nbs/55_execution_journal.ipynb #95fa8d89
+# %% ../../nbs/55_execution_journal.ipynb #b477c9fb
 _INTENT_COLUMNS = ("client_id, run_id, bar_ns, symbol, side, quantity, reduce_only, price, sequence, state, "
-                   "venue_order_id, attempts, reason, status_reason")
+                   "venue_order_id, attempts, reason, status_reason, "
+                   "(SELECT e.to_state FROM intent_events e WHERE e.client_id = intents.client_id ORDER BY e.seq DESC LIMIT 1)")
 
 def _intent(row: tuple) -> Intent:
-    "An `Intent` from its row (a row that does not parse is a JournalError naming it)."
-    try:
-        (cid, run, bar_ns, symbol, side, qty, ro, price, seq, state, vid, attempts, reason, why) = row
-        return Intent(cid, run, _time(bar_ns), symbol, side, Decimal(qty), bool(ro), None if price is None else Decimal(price),
-                      int(seq), IntentState(state), vid, int(attempts), reason, why)
-    except (ValueError, TypeError, ArithmeticError) as e:
-        raise JournalError(f"journal row of intent {row[0] if row else '?'} is corrupt: {e}") from None
+    "An `Intent` from its row; a row that breaks a rule is a JournalError naming the table, row and column."
+    (cid, run, bar_ns, symbol, side, qty, ro, price, seq, state, vid, attempts, reason, why, last_event) = row
+    key = lambda column, v, problem: _corrupt("intents", cid, column, v, problem)
+    if not isinstance(cid, str) or not _CLIENT_ID.match(cid):
+        raise key("client_id", cid, "not 1-36 characters of [A-Za-z0-9_-]")
+    for column, v in (("run_id", run), ("symbol", symbol)):
+        if not isinstance(v, str) or not v or not v.isprintable():
+            raise key(column, v, "not text")
+    for column, v in (("sequence", seq), ("attempts", attempts)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise key(column, v, "not a count")
+    if not isinstance(ro, bool):
+        raise key("reduce_only", ro, "not true or false")
+    state = _read_enum(IntentState, state, "intents", cid, "state")
+    if last_event != state.value:          # the audit trail is written in the same transaction as every state change
+        raise key("state", state.value, f"but its last event says {last_event!r}")
+    return Intent(cid, run, _read_time(bar_ns, "intents", cid, "bar_ns"), symbol,
+                  _read_enum(OrderSide, side, "intents", cid, "side"), _read_decimal(qty, "intents", cid, "quantity", positive=True),
+                  ro, None if price is None else _read_decimal(price, "intents", cid, "price", positive=True),
+                  seq, state, _optional_text(vid, cid, "venue_order_id"), attempts, _text_column(reason, cid, "reason"),
+                  _text_column(why, cid, "status_reason"))
+
+def _optional_text(v, cid: str, column: str) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise _corrupt("intents", cid, column, v, "not text")
+    return v
+
+def _text_column(v, cid: str, column: str) -> str:
+    if not isinstance(v, str):
+        raise _corrupt("intents", cid, column, v, "not text")
+    return v
 
 @patch
 def intent(self: Journal, client_id: str) -> Intent | None:
@@ -326,8 +390,12 @@ def intents(self: Journal, states=None, run_id: str | None = None) -> list[Inten
 
 @patch
 def open_intents(self: Journal, run_id: str | None = None) -> list[Intent]:
-    "Every intent not in a terminal state: what a restart must send, look up or wait on."
-    return self.intents([s for s in IntentState if not s.terminal], run_id=run_id)
+    "Every intent not in a terminal state: what a restart must send, look up or wait on (a state that cannot be read is an error)."
+    terminal = sorted(s.value for s in IntentState if s.terminal)
+    rows = self._rows(f"SELECT {_INTENT_COLUMNS} FROM intents WHERE (state IS NULL OR state NOT IN ({', '.join('?' * len(terminal))}))"
+                      + (" AND run_id = ?" if run_id else "") + " ORDER BY bar_ns, symbol, sequence",
+                      (*terminal, run_id) if run_id else tuple(terminal))
+    return [_intent(r) for r in rows]
 
 @patch
 def first_bar(self: Journal, run_id: str) -> pd.Timestamp | None:
@@ -350,16 +418,24 @@ def known(self: Journal, exec_ids=(), client_ids=()) -> tuple[set, set]:
 @patch
 def decisions(self: Journal, run_id: str, bar_time) -> list[dict]:
     "The decision records of one bar."
-    return [json.loads(r[0]) for r in self._rows("SELECT record FROM decisions WHERE run_id = ? AND bar_ns = ? ORDER BY symbol",
-                                                 (run_id, _ns(bar_time)))]
+    ns = _ns(bar_time)
+    return [_read_json(record, "decisions", (run_id, ns, symbol), "record") for symbol, record in
+            self._rows("SELECT symbol, record FROM decisions WHERE run_id = ? AND bar_ns = ? ORDER BY symbol", (run_id, ns))]
 
 @patch
 def last_checkpoint(self: Journal, run_id: str) -> tuple[pd.Timestamp, dict] | None:
     "The latest bar checkpointed by the run and its state (None: none yet)."
+    bad = self._rows("SELECT bar_ns FROM checkpoints WHERE run_id = ? AND (bar_ns IS NULL OR bar_ns < ? OR bar_ns >= ?) LIMIT 1",
+                     (run_id, _EARLIEST_NS, _LATEST_NS))
+    if bad:                                  # a broken time would sort out of the way and an older checkpoint win
+        raise _corrupt("checkpoints", (run_id, bad[0][0]), "bar_ns", bad[0][0], "not a time between 2015 and 2100")
     rows = self._rows("SELECT bar_ns, state FROM checkpoints WHERE run_id = ? ORDER BY bar_ns DESC LIMIT 1", (run_id,))
-    return (_time(rows[0][0]), json.loads(rows[0][1])) if rows else None
+    if not rows:
+        return None
+    return _read_time(rows[0][0], "checkpoints", (run_id, rows[0][0]), "bar_ns"), \
+        _read_json(rows[0][1], "checkpoints", (run_id, rows[0][0]), "state")
 
-# %% ../../nbs/55_execution_journal.ipynb #102f669f
+# %% ../../nbs/55_execution_journal.ipynb #a930c504
 @patch
 def transition(self: Journal, client_id: str, new: IntentState | str,
                note: str = "",                       # why: the venue's answer, the lookup that resolved it, ...
@@ -386,10 +462,10 @@ def transition(self: Journal, client_id: str, new: IntentState | str,
 @patch
 def events(self: Journal, client_id: str) -> list[tuple]:
     "The audit trail of an intent: (time, from, to, note), oldest first."
-    return [(_time(t), f, s, n) for t, f, s, n in self._rows(
-        "SELECT at_ns, from_state, to_state, note FROM intent_events WHERE client_id = ? ORDER BY seq", (client_id,))]
+    return [(_read_time(t, "intent_events", (client_id, q), "at_ns"), f, s, n) for q, t, f, s, n in self._rows(
+        "SELECT seq, at_ns, from_state, to_state, note FROM intent_events WHERE client_id = ? ORDER BY seq", (client_id,))]
 
-# %% ../../nbs/55_execution_journal.ipynb #100449f1
+# %% ../../nbs/55_execution_journal.ipynb #4c7c415f
 @patch
 def add_fill(self: Journal, exec_id: str, client_id: str, fill: Fill) -> bool:
     "Record an execution once (keyed by `exec_id`); False when it was already recorded."
@@ -406,12 +482,28 @@ def add_fill(self: Journal, exec_id: str, client_id: str, fill: Fill) -> bool:
     return True
 
 @patch
-def fills(self: Journal, client_id: str | None = None) -> list[tuple[str, str, Fill]]:
-    "(exec_id, client_id, Fill) recorded, oldest first; of one intent when `client_id` is given."
-    rows = self._rows("SELECT exec_id, client_id, symbol, side, quantity, price, fee, time_ns FROM fills"
-                      + (" WHERE client_id = ?" if client_id else "") + " ORDER BY time_ns, exec_id",
-                      (client_id,) if client_id else ())
-    return [(e, c, Fill(c, s, OrderSide(sd), Decimal(q), Decimal(p), Decimal(f), _time(t))) for e, c, s, sd, q, p, f, t in rows]
+def fills(self: Journal, client_id: str | None = None, run_id: str | None = None) -> list[tuple[str, str, Fill]]:
+    "(exec_id, client_id, Fill) recorded, oldest first; of one intent, or of one run's intents, when given."
+    where = " WHERE f.client_id = ?" if client_id else (" WHERE (i.run_id = ? OR i.client_id IS NULL)" if run_id else "")
+    rows = self._rows("SELECT f.exec_id, f.client_id, f.symbol, f.side, f.quantity, f.price, f.fee, f.time_ns, "
+                      "i.client_id, i.symbol, i.side, i.quantity FROM fills f LEFT JOIN intents i ON f.client_id = i.client_id"
+                      + where + " ORDER BY f.time_ns, f.exec_id", (client_id or run_id,) if where else ())
+    out, filled = [], {}
+    for e, c, s, sd, q, p, f, t, intent_id, intent_symbol, intent_side, intent_quantity in rows:
+        if intent_id is None:
+            raise _corrupt("fills", e, "client_id", c, "which is not a journaled intent")
+        side = _read_enum(OrderSide, sd, "fills", e, "side")
+        if s != intent_symbol or sd != intent_side:
+            raise _corrupt("fills", e, "symbol" if s != intent_symbol else "side", s if s != intent_symbol else sd,
+                           f"but its intent {c} is {intent_side} {intent_symbol}")
+        fill = Fill(c, s, side, _read_decimal(q, "fills", e, "quantity", positive=True),
+                    _read_decimal(p, "fills", e, "price", positive=True), _read_decimal(f, "fills", e, "fee"),
+                    _read_time(t, "fills", e, "time_ns"))
+        filled[c] = filled.get(c, Decimal(0)) + fill.quantity
+        if filled[c] > _read_decimal(intent_quantity, "intents", c, "quantity", positive=True):
+            raise _corrupt("fills", e, "quantity", q, f"which takes {c}'s fills to {filled[c]}, more than its {intent_quantity}")
+        out.append((e, c, fill))
+    return out
 
 @patch
 def filled(self: Journal, client_id: str) -> Decimal:
@@ -421,16 +513,12 @@ def filled(self: Journal, client_id: str) -> Decimal:
 @patch
 def positions(self: Journal, run_id: str | None = None) -> dict[str, Decimal]:
     "Signed quantity per symbol from the recorded fills (of one run's intents when given); flat symbols left out."
-    rows = self._rows("SELECT f.symbol, f.side, f.quantity FROM fills f" +
-                      (" JOIN intents i ON f.client_id = i.client_id WHERE i.run_id = ?" if run_id else ""),
-                      (run_id,) if run_id else ())
     out: dict[str, Decimal] = {}
-    for symbol, side, quantity in rows:
-        q = Decimal(quantity)
-        out[symbol] = out.get(symbol, Decimal(0)) + (q if OrderSide(side) is OrderSide.BUY else -q)
+    for _, _, f in self.fills(run_id=run_id):
+        out[f.symbol] = out.get(f.symbol, Decimal(0)) + f.signed_quantity
     return {s: q for s, q in out.items() if q != 0}
 
-# %% ../../nbs/55_execution_journal.ipynb #3345d16c
+# %% ../../nbs/55_execution_journal.ipynb #a317f548
 @patch
 def add_funding(self: Journal, run_id: str, payment: FundingPayment) -> bool:
     "Record a funding settlement once (keyed by run, symbol and time); False when it was already recorded."
@@ -456,9 +544,15 @@ def funding(self: Journal, run_id: str, symbol: str | None = None, time=None) ->
         where, params = where + " AND time_ns = ?", params + [_ns(time)]
     rows = self._rows(f"SELECT symbol, time_ns, rate, mark_price, position, amount FROM funding WHERE {where} "
                       "ORDER BY time_ns, symbol", tuple(params))
-    return [FundingPayment(s, _time(t), Decimal(r), Decimal(m), Decimal(p), Decimal(a)) for s, t, r, m, p, a in rows]
+    out = []
+    for s, t, r, m, p, a in rows:
+        key = (run_id, s, t)
+        out.append(FundingPayment(s, _read_time(t, "funding", key, "time_ns"), _read_decimal(r, "funding", key, "rate"),
+                                  _read_decimal(m, "funding", key, "mark_price", positive=True),
+                                  _read_decimal(p, "funding", key, "position"), _read_decimal(a, "funding", key, "amount")))
+    return out
 
-# %% ../../nbs/55_execution_journal.ipynb #f4216b42
+# %% ../../nbs/55_execution_journal.ipynb #a3f7ff91
 @patch
 def snapshot(self: Journal, run_id: str, time, cash: Decimal, equity: Decimal, positions: Mapping[str, Decimal]) -> None:
     "Record the account at `time` (replaces a snapshot of the same run and time)."
@@ -471,15 +565,22 @@ def snapshot(self: Journal, run_id: str, time, cash: Decimal, equity: Decimal, p
 @patch
 def last_snapshot(self: Journal, run_id: str) -> dict | None:
     "The latest snapshot of a run: time, cash, equity, positions (exact), or None."
+    bad = self._rows("SELECT time_ns FROM snapshots WHERE run_id = ? AND (time_ns IS NULL OR time_ns < ? OR time_ns >= ?) LIMIT 1",
+                     (run_id, _EARLIEST_NS, _LATEST_NS))
+    if bad:                                  # a broken time would sort out of the way and an older snapshot win
+        raise _corrupt("snapshots", (run_id, bad[0][0]), "time_ns", bad[0][0], "not a time between 2015 and 2100")
     rows = self._rows("SELECT time_ns, cash, equity, positions FROM snapshots WHERE run_id = ? ORDER BY time_ns DESC LIMIT 1",
                       (run_id,))
     if not rows:
         return None
     t, cash, equity, pos = rows[0]
-    return {"time": _time(t), "cash": Decimal(cash), "equity": Decimal(equity),
-            "positions": {s: Decimal(q) for s, q in json.loads(pos).items()}}
+    key = (run_id, t)
+    return {"time": _read_time(t, "snapshots", key, "time_ns"), "cash": _read_decimal(cash, "snapshots", key, "cash"),
+            "equity": _read_decimal(equity, "snapshots", key, "equity"),
+            "positions": {s: _read_decimal(q, "snapshots", key, f"positions[{s}]")
+                          for s, q in _read_json(pos, "snapshots", key, "positions").items()}}
 
-# %% ../../nbs/55_execution_journal.ipynb #f277db0c
+# %% ../../nbs/55_execution_journal.ipynb #29b2d4b9
 @patch
 def record_event(self: Journal, run_id: str, time, kind: str, detail: Mapping) -> int:
     "Append an account event to the run; its sequence number."
@@ -493,4 +594,5 @@ def account_events(self: Journal, run_id: str, kind: str | None = None) -> list[
     "The run's account events, oldest first (of one kind when given): time, seq, kind, detail."
     rows = self._rows("SELECT time_ns, seq, kind, detail FROM account_events WHERE run_id = ?" + (" AND kind = ?" if kind else "")
                       + " ORDER BY seq", (run_id, kind) if kind else (run_id,))
-    return [{"time": _time(t), "seq": q, "kind": k, "detail": json.loads(d)} for t, q, k, d in rows]
+    return [{"time": _read_time(t, "account_events", (run_id, q), "time_ns"), "seq": q, "kind": k,
+             "detail": _read_json(d, "account_events", (run_id, q), "detail")} for t, q, k, d in rows]
