@@ -328,7 +328,7 @@ def record_bar(self: Journal, run_id: str, bar_time,
             self._execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (run_id, bar_ns, _json(checkpoint)))
     return added
 
-# %% ../../nbs/55_execution_journal.ipynb #b477c9fb
+# %% ../../nbs/55_execution_journal.ipynb #d69adc13
 _INTENT_COLUMNS = ("client_id, run_id, bar_ns, symbol, side, quantity, reduce_only, price, sequence, state, "
                    "venue_order_id, attempts, reason, status_reason, "
                    "(SELECT e.to_state FROM intent_events e WHERE e.client_id = intents.client_id ORDER BY e.seq DESC LIMIT 1)")
@@ -375,6 +375,7 @@ def intent(self: Journal, client_id: str) -> Intent | None:
 @patch
 def intents(self: Journal, states=None, run_id: str | None = None) -> list[Intent]:
     "Intents in any of `states` (default all), oldest bar first."
+    self._check_runs()
     where, params = [], []
     if run_id:
         where, params = ["run_id = ?"], [run_id]
@@ -391,11 +392,22 @@ def intents(self: Journal, states=None, run_id: str | None = None) -> list[Inten
 @patch
 def open_intents(self: Journal, run_id: str | None = None) -> list[Intent]:
     "Every intent not in a terminal state: what a restart must send, look up or wait on (a state that cannot be read is an error)."
+    self._check_runs()
     terminal = sorted(s.value for s in IntentState if s.terminal)
-    rows = self._rows(f"SELECT {_INTENT_COLUMNS} FROM intents WHERE (state IS NULL OR state NOT IN ({', '.join('?' * len(terminal))}))"
+    marks = ", ".join("?" * len(terminal))
+    last = "(SELECT e.to_state FROM intent_events e WHERE e.client_id = intents.client_id ORDER BY e.seq DESC LIMIT 1)"
+    rows = self._rows(f"SELECT {_INTENT_COLUMNS} FROM intents WHERE (state IS NULL OR state NOT IN ({marks}) "
+                      f"OR {last} IS NULL OR {last} NOT IN ({marks}))"          # open by its cell or by its events
                       + (" AND run_id = ?" if run_id else "") + " ORDER BY bar_ns, symbol, sequence",
-                      (*terminal, run_id) if run_id else tuple(terminal))
+                      (*terminal, *terminal, run_id) if run_id else (*terminal, *terminal))
     return [_intent(r) for r in rows]
+
+@patch
+def _check_runs(self: Journal) -> None:
+    "Every intent belongs to a journaled run (else a run filter would leave it and its fills out without a word)."
+    rows = self._rows("SELECT client_id, run_id FROM intents WHERE run_id IS NULL OR run_id NOT IN (SELECT run_id FROM runs) LIMIT 1")
+    if rows:
+        raise _corrupt("intents", rows[0][0], "run_id", rows[0][1], "a run the journal never began")
 
 @patch
 def first_bar(self: Journal, run_id: str) -> pd.Timestamp | None:
@@ -465,7 +477,7 @@ def events(self: Journal, client_id: str) -> list[tuple]:
     return [(_read_time(t, "intent_events", (client_id, q), "at_ns"), f, s, n) for q, t, f, s, n in self._rows(
         "SELECT seq, at_ns, from_state, to_state, note FROM intent_events WHERE client_id = ? ORDER BY seq", (client_id,))]
 
-# %% ../../nbs/55_execution_journal.ipynb #4c7c415f
+# %% ../../nbs/55_execution_journal.ipynb #443a72b7
 @patch
 def add_fill(self: Journal, exec_id: str, client_id: str, fill: Fill) -> bool:
     "Record an execution once (keyed by `exec_id`); False when it was already recorded."
@@ -488,8 +500,12 @@ def fills(self: Journal, client_id: str | None = None, run_id: str | None = None
     rows = self._rows("SELECT f.exec_id, f.client_id, f.symbol, f.side, f.quantity, f.price, f.fee, f.time_ns, "
                       "i.client_id, i.symbol, i.side, i.quantity FROM fills f LEFT JOIN intents i ON f.client_id = i.client_id"
                       + where + " ORDER BY f.time_ns, f.exec_id", (client_id or run_id,) if where else ())
+    if run_id:
+        self._check_runs()
     out, filled = [], {}
     for e, c, s, sd, q, p, f, t, intent_id, intent_symbol, intent_side, intent_quantity in rows:
+        if not isinstance(e, str) or not e:
+            raise _corrupt("fills", (c, t), "exec_id", e, "not an execution id: the fill could not be counted once")
         if intent_id is None:
             raise _corrupt("fills", e, "client_id", c, "which is not a journaled intent")
         side = _read_enum(OrderSide, sd, "fills", e, "side")
