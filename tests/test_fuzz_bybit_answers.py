@@ -624,11 +624,14 @@ def _text(doc: dict, key: str, exact: bool = False) -> str:
 
 
 def _timestamp(value: Decimal, unit: str) -> pd.Timestamp:
+    "A time the venue could mean: a whole number of `unit`s between 2015 and 2100 (the gateway's rule too)."
+    if value != value.to_integral_value():
+        raise Malformed("time")
     try:
         t = pd.Timestamp(int(value), unit=unit, tz="UTC")
     except (ValueError, OverflowError):
         raise Malformed("time") from None
-    if t is pd.NaT:
+    if t is pd.NaT or not pd.Timestamp("2015-01-01", tz="UTC") <= t < pd.Timestamp("2100-01-01", tz="UTC"):
         raise Malformed("time")
     return t
 
@@ -650,8 +653,8 @@ def strict_server_time(replay: Replay) -> pd.Timestamp:
 
 def strict_execution(e: dict, link: str | None, symbol: str | None) -> tuple[str, Fill]:
     "(execId, Fill) of one execution entry; `link`/`symbol` given: the entry must be of that order and symbol."
-    side = e.get("side")
-    if side not in ("Buy", "Sell") or (link is not None and e.get("orderLinkId") != link):
+    side = e.get("side")                 # asked by order: an entry without its link is taken as the order's own
+    if side not in ("Buy", "Sell") or (link is not None and e.get("orderLinkId") not in (None, "", link)):
         raise Malformed("side or link")
     sym = _text(e, "symbol")
     if symbol is not None and sym != symbol:

@@ -237,7 +237,7 @@ class BybitGateway:
     def __repr__(self):
         return f"BybitGateway({self.environment}, {self.http.endpoint})"
 
-# %% ../../nbs/57_execution_bybit.ipynb #def3aaa9
+# %% ../../nbs/57_execution_bybit.ipynb #3652d86f
 @patch
 def place(self: BybitGateway, intent: Intent) -> VenueOrder:
     "A market order for `intent` under its client id, read back with its executions."
@@ -253,10 +253,10 @@ def place(self: BybitGateway, intent: Intent) -> VenueOrder:
         raise
     except ExchangeError as e:                         # accepted (retCode 0) but unreadable: look it up, never assume
         raise TemporaryExchangeError(f"{what}: the answer could not be read ({e}); the order may exist") from None
-    try:
-        venue_id = _text(result, "orderId", what)
-    except ExchangeError as e:                         # retCode 0 without a readable order id: look it up
-        raise TemporaryExchangeError(f"{what}: accepted, but the answer could not be read ({e}); the order may exist") from None
+    venue_id = result.get("orderId") if isinstance(result, dict) else None
+    if not venue_id:                                   # success without an order id: look it up, never assume
+        raise TemporaryExchangeError(f"{what}: accepted, but the answer has no order id ({str(result)[:100]}); the order may exist")
+    venue_id = venue_id if isinstance(venue_id, str) else str(venue_id)[:64]   # confirmed: the id is only a label
     try:
         found = self.lookup(intent.client_id, intent.symbol)
     except FatalError:
